@@ -1,0 +1,174 @@
+import keras
+
+from keras_metaformer.layers.drop_path import DropPath
+from keras_metaformer.layers.layer_scale import LayerScale
+from keras_metaformer.layers.mlp import Mlp
+from keras_metaformer.layers.norms import get_norm
+from keras_metaformer.layers.token_mixers import get_token_mixer
+
+
+@keras.saving.register_keras_serializable(package="keras_metaformer")
+class MetaFormerBlock(keras.layers.Layer):
+    """The MetaFormer block: a token-mixer sub-block and an MLP sub-block.
+
+    ```
+    x = x + drop_path(layer_scale1 * token_mixer(norm1(x)))
+    x = x + drop_path(layer_scale2 * mlp(norm2(x)))
+    ```
+
+    The token mixer is pluggable: PoolFormer uses average pooling
+    (`"pool"`), a Transformer would use attention. Any registered mixer name
+    (see `keras_metaformer.layers.token_mixer_names()`) or any Keras layer
+    that keeps the input shape can be passed.
+
+    Reference: Yu et al., "MetaFormer is Actually What You Need for Vision",
+    CVPR 2022.
+
+    Args:
+        token_mixer: a registered mixer name, or a Keras layer instance
+            owned by this block (do not share one instance between blocks).
+        pool_size: odd int, window of the `"pool"` mixer (default 3). Only
+            valid with `token_mixer="pool"`.
+        mlp_ratio: float, hidden width of the MLP as a multiple of channels.
+        activation: activation of the MLP: `"gelu"` (exact, the default),
+            `"relu"`, `"silu"` or any Keras activation.
+        norm: `"group"` (GroupNorm with one group, PoolFormer's choice),
+            `"layer"` or `"batch"`.
+        norm_epsilon: float, epsilon of both norms. PoolFormer uses 1e-5.
+        use_bias: bool, whether the MLP's Dense layers have biases.
+        layer_scale_init_value: float initial value of the per-channel layer
+            scales, or `None` for no layer scale.
+        drop_path_rate: float in `[0, 1)`, stochastic depth of both branches.
+        seed: int or `None`, seed of the stochastic-depth draws.
+        **kwargs: base layer arguments such as `name` and `dtype`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> block = MetaFormerBlock(token_mixer="pool", pool_size=3)
+    >>> y = block(np.zeros((2, 14, 14, 64), "float32"))
+    >>> tuple(y.shape)
+    (2, 14, 14, 64)
+    >>> sorted(w.path.split("/", 1)[1] for w in block.weights)[:4]
+    ['layer_scale1/scale', 'layer_scale2/scale', 'mlp/fc1/bias', 'mlp/fc1/kernel']
+    """
+
+    def __init__(
+        self,
+        token_mixer="pool",
+        pool_size=None,
+        mlp_ratio=4.0,
+        activation="gelu",
+        norm="group",
+        norm_epsilon=1e-5,
+        use_bias=True,
+        layer_scale_init_value=1e-5,
+        drop_path_rate=0.0,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.pool_size = pool_size
+        self.mlp_ratio = mlp_ratio
+        self.activation = activation
+        self.norm = norm
+        self.norm_epsilon = norm_epsilon
+        self.use_bias = use_bias
+        self.layer_scale_init_value = layer_scale_init_value
+        self.drop_path_rate = drop_path_rate
+        self.seed = seed
+
+        policy = self.dtype_policy
+        if isinstance(token_mixer, keras.layers.Layer):
+            if pool_size is not None:
+                raise ValueError(_POOL_SIZE_ERROR.format(token_mixer))
+            self.token_mixer = token_mixer
+        else:
+            options = {}
+            if pool_size is not None:
+                if token_mixer != "pool":
+                    raise ValueError(_POOL_SIZE_ERROR.format(token_mixer))
+                options["pool_size"] = pool_size
+            self.token_mixer = get_token_mixer(
+                token_mixer, name="token_mixer", dtype=policy, **options
+            )
+        self._token_mixer_identifier = token_mixer
+
+        self.norm1 = get_norm(norm, norm_epsilon, name="norm1", dtype=policy)
+        self.norm2 = get_norm(norm, norm_epsilon, name="norm2", dtype=policy)
+        self.mlp = Mlp(
+            mlp_ratio, activation, use_bias=use_bias, dtype=policy, name="mlp"
+        )
+        self.layer_scale1 = self.layer_scale2 = None
+        if layer_scale_init_value is not None:
+            self.layer_scale1 = LayerScale(
+                layer_scale_init_value, dtype=policy, name="layer_scale1"
+            )
+            self.layer_scale2 = LayerScale(
+                layer_scale_init_value, dtype=policy, name="layer_scale2"
+            )
+        self.drop_path = None
+        if drop_path_rate > 0:
+            self.drop_path = DropPath(
+                drop_path_rate, seed=seed, dtype=policy, name="drop_path"
+            )
+
+    def build(self, input_shape):
+        for layer in (
+            self.norm1,
+            self.token_mixer,
+            self.layer_scale1,
+            self.norm2,
+            self.mlp,
+            self.layer_scale2,
+        ):
+            if layer is not None and not layer.built:
+                layer.build(input_shape)
+
+    def _residual_branch(self, x, branch, layer_scale, training):
+        if layer_scale is not None:
+            branch = layer_scale(branch)
+        if self.drop_path is not None:
+            branch = self.drop_path(branch, training=training)
+        return x + branch
+
+    def call(self, inputs, training=None):
+        x = inputs
+        mixed = self.token_mixer(self.norm1(x, training=training))
+        x = self._residual_branch(x, mixed, self.layer_scale1, training)
+        transformed = self.mlp(self.norm2(x, training=training))
+        return self._residual_branch(x, transformed, self.layer_scale2, training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        token_mixer = self._token_mixer_identifier
+        if isinstance(token_mixer, keras.layers.Layer):
+            token_mixer = keras.saving.serialize_keras_object(token_mixer)
+        activation = self.activation
+        if not isinstance(activation, str):
+            activation = keras.activations.serialize(activation)
+        config.update(
+            {
+                "token_mixer": token_mixer,
+                "pool_size": self.pool_size,
+                "mlp_ratio": self.mlp_ratio,
+                "activation": activation,
+                "norm": self.norm,
+                "norm_epsilon": self.norm_epsilon,
+                "use_bias": self.use_bias,
+                "layer_scale_init_value": self.layer_scale_init_value,
+                "drop_path_rate": self.drop_path_rate,
+                "seed": self.seed,
+            }
+        )
+        return config
+
+
+_POOL_SIZE_ERROR = (
+    "`pool_size` configures the 'pool' token mixer only. Received: "
+    "token_mixer={!r} with a pool_size. Drop `pool_size`, or configure the "
+    "mixer layer you pass instead."
+)

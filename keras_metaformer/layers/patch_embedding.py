@@ -1,0 +1,92 @@
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_metaformer")
+class PatchEmbedding(keras.layers.Layer):
+    """A strided convolution with symmetric zero padding: stem and downsampling.
+
+    PoolFormer's stem is `PatchEmbedding(dims[0], 7, strides=4, padding=2)`
+    and each later stage starts with `PatchEmbedding(dims[i], 3, strides=2,
+    padding=1)`.
+
+    The padding is explicit because Keras' `padding="same"` pads more on the
+    bottom/right than on the top/left when the stride is above 1; that shifts
+    the sampling grid by a pixel compared with PyTorch's `padding=p` and
+    breaks parity with pretrained weights.
+
+    Args:
+        filters: int, output channels.
+        kernel_size: int, side of the square kernel.
+        strides: int, the stride in both spatial axes.
+        padding: int, zeros added on each of the four sides.
+        use_bias: bool, whether the convolution has a bias.
+        **kwargs: base layer arguments such as `name` and `dtype`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> stem = PatchEmbedding(64, kernel_size=7, strides=4, padding=2)
+    >>> tuple(stem(np.zeros((1, 224, 224, 3), "float32")).shape)
+    (1, 56, 56, 64)
+    """
+
+    def __init__(
+        self, filters, kernel_size, strides, padding, use_bias=True, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.padding = padding
+        self.use_bias = use_bias
+
+    def build(self, input_shape):
+        self.conv = keras.layers.Conv2D(
+            self.filters,
+            self.kernel_size,
+            strides=self.strides,
+            padding="valid",
+            use_bias=self.use_bias,
+            dtype=self.dtype_policy,
+            name="conv",
+        )
+        self.conv.build(self._padded_shape(input_shape))
+
+    def call(self, inputs):
+        p = self.padding
+        if p:
+            inputs = ops.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]])
+        return self.conv(inputs)
+
+    def _padded_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        pad = 2 * self.padding
+        return (
+            batch,
+            None if height is None else height + pad,
+            None if width is None else width + pad,
+            channels,
+        )
+
+    def compute_output_shape(self, input_shape):
+        def out(size):
+            if size is None:
+                return None
+            return (size - self.kernel_size) // self.strides + 1
+
+        batch, height, width, _ = self._padded_shape(input_shape)
+        return (batch, out(height), out(width), self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "use_bias": self.use_bias,
+            }
+        )
+        return config

@@ -1,0 +1,268 @@
+"""The generic MetaFormer builder that every named variant feeds."""
+
+import keras
+import numpy as np
+
+from keras_metaformer.layers import MetaFormerBlock
+from keras_metaformer.layers import PatchEmbedding
+from keras_metaformer.weights.pretrained_configs import IMAGENET_MEAN
+from keras_metaformer.weights.pretrained_configs import IMAGENET_STD
+from keras_metaformer.weights.pretrained_configs import PretrainedConfig
+from keras_metaformer.weights.resolve import load_resolved_weights
+from keras_metaformer.weights.resolve import resolve_weights
+
+# Stem (stride 4) and three stride-2 downsamplings shrink the input by 32.
+MIN_INPUT_SIZE = 32
+POOLINGS = (None, "avg", "max")
+HEAD_NORM_EPSILON = 1e-6
+
+
+def MetaFormer(
+    depths,
+    dims,
+    token_mixers="pool",
+    pool_size=None,
+    mlp_ratio=4.0,
+    activation="gelu",
+    norm="group",
+    norm_epsilon=1e-5,
+    use_bias=True,
+    layer_scale_init_value=1e-5,
+    drop_path_rate=0.0,
+    include_top=True,
+    include_preprocessing=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    name="metaformer",
+):
+    """Builds a MetaFormer image classifier or backbone of any shape.
+
+    A stem (7x7 convolution, stride 4) is followed by one stage per entry of
+    `depths`; every stage after the first starts with a stride-2 3x3
+    convolution. The head is global average pooling, LayerNorm and a Dense
+    classifier, as in timm. The named variants (`PoolFormerS12`, ...) are
+    this function with fixed architecture arguments; use it directly to
+    build the paper's ablations and hybrids.
+
+    Args:
+        depths: blocks per stage, e.g. `(2, 2, 6, 2)`.
+        dims: channels per stage, e.g. `(64, 128, 320, 512)`.
+        token_mixers: one registered mixer name for all stages, or a list
+            with one per stage.
+        pool_size: window of every `"pool"` mixer (3 when `None`).
+        mlp_ratio: hidden width of each block's MLP relative to its channels.
+        activation: MLP activation: `"gelu"` (exact), `"relu"`, `"silu"`, ...
+        norm: block normalisation: `"group"` (one group), `"layer"`, `"batch"`.
+        norm_epsilon: epsilon of the block normalisations.
+        use_bias: whether the MLP Dense layers have biases.
+        layer_scale_init_value: initial layer-scale value, `None` for none.
+        drop_path_rate: stochastic depth of the last block; it rises linearly
+            from 0 over all blocks.
+        include_top, include_preprocessing, weights, input_tensor,
+        input_shape, pooling, classes, classifier_activation, name: as for
+            `PoolFormerS12`, except that `weights` is `None` or a file path.
+
+    Returns:
+        A functional `keras.Model`.
+
+    Example:
+
+    >>> model = MetaFormer(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64),
+    ...                    token_mixers="pool", pool_size=5, classes=10)
+    >>> tuple(model.output.shape), model.get_layer("stage2_block1").pool_size
+    ((None, 10), 5)
+    """
+    return build_metaformer(
+        arch=None,
+        depths=depths,
+        dims=dims,
+        token_mixers=token_mixers,
+        pool_size=pool_size,
+        mlp_ratio=mlp_ratio,
+        activation=activation,
+        norm=norm,
+        norm_epsilon=norm_epsilon,
+        use_bias=use_bias,
+        layer_scale_init_value=layer_scale_init_value,
+        drop_path_rate=drop_path_rate,
+        include_top=include_top,
+        include_preprocessing=include_preprocessing,
+        weights=weights,
+        input_tensor=input_tensor,
+        input_shape=input_shape,
+        pooling=pooling,
+        classes=classes,
+        classifier_activation=classifier_activation,
+        name=name,
+    )
+
+
+def _check_arguments(depths, dims, token_mixers, pooling):
+    if len(depths) != len(dims):
+        raise ValueError(
+            "`depths` and `dims` need one entry per stage. Received: "
+            f"depths={depths} and dims={dims}."
+        )
+    if not isinstance(token_mixers, str) and len(token_mixers) != len(depths):
+        raise ValueError(
+            "`token_mixers` must be one name or one per stage. Received: "
+            f"token_mixers={token_mixers} for {len(depths)} stages."
+        )
+    if pooling not in POOLINGS:
+        raise ValueError(
+            f"`pooling` must be one of {list(POOLINGS)}: None returns the "
+            "last feature map, 'avg' or 'max' a pooled vector (used with "
+            f"include_top=False). Received: pooling={pooling!r}"
+        )
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            "MetaFormer models are built channels-last. Call "
+            "`keras.config.set_image_data_format('channels_last')` first."
+        )
+
+
+def _check_pretrained(pretrained, include_top, classes, classifier_activation):
+    if include_top and classes != pretrained.num_classes:
+        raise ValueError(
+            f"The weights {pretrained.name!r} have a {pretrained.num_classes}-"
+            f"class head, so with include_top=True `classes` must be "
+            f"{pretrained.num_classes}. Received: classes={classes}. To train "
+            "a new head, pass include_top=False and add your own."
+        )
+    if include_top and classifier_activation not in (None, "softmax"):
+        raise ValueError(
+            "With pretrained weights and include_top=True, "
+            "`classifier_activation` must be None (logits) or 'softmax'. "
+            f"Received: classifier_activation={classifier_activation!r}"
+        )
+
+
+def _input_shape(input_shape, input_tensor, include_top, pretrained):
+    if input_shape is None and input_tensor is not None:
+        input_shape = tuple(input_tensor.shape[1:])
+    if input_shape is None:
+        size = pretrained.input_size if pretrained else (224, 224)
+        input_shape = (*size, 3) if include_top else (None, None, 3)
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(
+            "`input_shape` must be (height, width, channels), channels last. "
+            f"Received: input_shape={input_shape}"
+        )
+    if any(s is not None and s < MIN_INPUT_SIZE for s in input_shape[:2]):
+        raise ValueError(
+            f"Input images must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}: "
+            "the network downsamples by 32. Received: "
+            f"input_shape={input_shape}. Resize the images, or use None for "
+            "a variable size."
+        )
+    if pretrained and input_shape[2] != 3:
+        raise ValueError(
+            "Pretrained weights expect 3 input channels (RGB). Received: "
+            f"input_shape={input_shape}. Pass weights=None to train on "
+            f"{input_shape[2]}-channel input, or convert the images to RGB."
+        )
+    return input_shape
+
+
+def _inputs(input_tensor, input_shape):
+    if input_tensor is None:
+        return keras.Input(shape=input_shape, name="images")
+    if keras.backend.is_keras_tensor(input_tensor):
+        return input_tensor
+    return keras.Input(tensor=input_tensor, shape=input_shape, name="images")
+
+
+def build_metaformer(
+    arch,
+    depths,
+    dims,
+    token_mixers,
+    pool_size,
+    mlp_ratio,
+    activation,
+    norm,
+    norm_epsilon,
+    use_bias,
+    layer_scale_init_value,
+    drop_path_rate,
+    include_top,
+    include_preprocessing,
+    weights,
+    input_tensor,
+    input_shape,
+    pooling,
+    classes,
+    classifier_activation,
+    name,
+    builder_name="MetaFormer",
+):
+    """`MetaFormer` plus `arch`, the timm name that selects pretrained weights."""
+    _check_arguments(depths, dims, token_mixers, pooling)
+    resolved = resolve_weights(weights, arch)
+    pretrained = resolved if isinstance(resolved, PretrainedConfig) else None
+    if pretrained:
+        _check_pretrained(pretrained, include_top, classes, classifier_activation)
+    input_shape = _input_shape(input_shape, input_tensor, include_top, pretrained)
+    if isinstance(token_mixers, str):
+        token_mixers = [token_mixers] * len(depths)
+
+    inputs = _inputs(input_tensor, input_shape)
+    x = inputs
+    if include_preprocessing:
+        mean = pretrained.mean if pretrained else IMAGENET_MEAN
+        std = pretrained.std if pretrained else IMAGENET_STD
+        # (x / 255 - mean) / std in one step, on [0, 255] RGB input.
+        x = keras.layers.Normalization(
+            mean=[255.0 * m for m in mean],
+            variance=[(255.0 * s) ** 2 for s in std],
+            name="preprocessing",
+        )(x)
+    x = PatchEmbedding(dims[0], 7, strides=4, padding=2, name="stem")(x)
+
+    drop_path_rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
+    for stage, (depth, dim, mixer) in enumerate(zip(depths, dims, token_mixers)):
+        if stage > 0:
+            x = PatchEmbedding(
+                dim, 3, strides=2, padding=1, name=f"stage{stage}_downsample"
+            )(x)
+        for index in range(depth):
+            x = MetaFormerBlock(
+                token_mixer=mixer,
+                pool_size=pool_size if mixer == "pool" else None,
+                mlp_ratio=mlp_ratio,
+                activation=activation,
+                norm=norm,
+                norm_epsilon=norm_epsilon,
+                use_bias=use_bias,
+                layer_scale_init_value=layer_scale_init_value,
+                drop_path_rate=drop_path_rates.pop(0),
+                name=f"stage{stage}_block{index}",
+            )(x)
+
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.LayerNormalization(
+            epsilon=HEAD_NORM_EPSILON, name="head_norm"
+        )(x)
+        # Float32 outputs keep softmax stable under mixed precision.
+        x = keras.layers.Dense(
+            classes,
+            activation=classifier_activation,
+            dtype="float32",
+            name="predictions",
+        )(x)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+
+    if input_tensor is not None:
+        inputs = keras.utils.get_source_inputs(input_tensor)
+    model = keras.Model(inputs, x, name=name)
+    load_resolved_weights(model, resolved, builder_name)
+    return model

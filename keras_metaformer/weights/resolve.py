@@ -1,0 +1,56 @@
+"""The `weights=` argument of the builders: checked first, loaded last."""
+
+import os
+
+from keras_metaformer.weights.download import fetch_pretrained_state
+from keras_metaformer.weights.pretrained_configs import IMAGENET_ALIAS
+from keras_metaformer.weights.pretrained_configs import available_weights
+from keras_metaformer.weights.pretrained_configs import get_pretrained_config
+from keras_metaformer.weights.timm_conversion import load_timm_weights
+
+_CHECKPOINT_SUFFIXES = (".safetensors", ".npz")
+_KERAS_SUFFIXES = (".weights.h5", ".keras")
+
+
+def resolve_weights(weights, arch):
+    """Returns `None`, a `PretrainedConfig` or a file path for `weights`.
+
+    Raises a `ValueError` naming every accepted value when `weights` is none
+    of: `None`, `"imagenet"`, a weight tag of `arch`, or an existing file.
+    """
+    if weights is None:
+        return None
+    if isinstance(weights, os.PathLike):
+        weights = os.fspath(weights)
+    tags = available_weights(arch) if arch else []
+    if isinstance(weights, str):
+        if tags and (weights == IMAGENET_ALIAS or weights in tags):
+            return get_pretrained_config(arch, weights)
+        if os.path.isfile(weights):
+            if not weights.endswith(_CHECKPOINT_SUFFIXES + _KERAS_SUFFIXES):
+                raise ValueError(
+                    f"Unsupported weights file {weights!r}. Expected a timm "
+                    "`.safetensors` file, an `.npz` archive, or a Keras "
+                    "`.weights.h5` / `.keras` file."
+                )
+            return weights
+    names = [None, IMAGENET_ALIAS, *tags] if tags else [None]
+    raise ValueError(
+        f"Invalid `weights`: {weights!r} is neither a known weight name nor "
+        f"an existing file. Expected one of {names} or the path of a weights "
+        "file (timm `.safetensors`, `.npz`, Keras `.weights.h5`)."
+        + ("" if tags else f" Pretrained weights are not published for {arch or 'this model'}.")
+    )
+
+
+def load_resolved_weights(model, resolved, builder_name):
+    """Loads what `resolve_weights` returned into a freshly built model."""
+    if resolved is None:
+        return
+    if isinstance(resolved, str):
+        if resolved.endswith(_KERAS_SUFFIXES):
+            model.load_weights(resolved)
+        else:
+            load_timm_weights(model, resolved)
+        return
+    load_timm_weights(model, fetch_pretrained_state(resolved, builder_name))

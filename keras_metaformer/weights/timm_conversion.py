@@ -1,0 +1,254 @@
+"""Loads timm (and the authors' original) PoolFormer checkpoints into Keras.
+
+Conversion is pure name mapping on NumPy arrays: each Keras variable path
+(`stage1_block0/mlp/fc1/kernel`) names its checkpoint key
+(`stages.1.blocks.0.mlp.fc1.weight`), and each tensor is moved from
+PyTorch's layout to Keras' by its rank. Nothing here imports torch.
+"""
+
+import os
+import re
+from collections.abc import Mapping
+
+import numpy as np
+
+# Top-level Keras layer name -> timm module prefix.
+_LAYER_PREFIXES = (
+    (re.compile(r"stem"), "stem"),
+    (re.compile(r"stage(\d+)_downsample"), r"stages.\1.downsample"),
+    (re.compile(r"stage(\d+)_block(\d+)"), r"stages.\1.blocks.\2"),
+    (re.compile(r"head_norm"), "head.norm"),
+    (re.compile(r"predictions"), "head.fc"),
+)
+# Layers whose variables are constants of the graph, not checkpoint weights.
+_UNMAPPED_LAYERS = ("preprocessing",)
+# Keras variable name -> PyTorch parameter name.
+_VARIABLE_NAMES = {
+    "kernel": "weight",
+    "bias": "bias",
+    "gamma": "weight",
+    "beta": "bias",
+    "scale": "scale",
+    "moving_mean": "running_mean",
+    "moving_variance": "running_var",
+}
+HEAD_PREFIX = "head."
+_MAX_LISTED = 12
+
+
+class CheckpointReadError(ValueError):
+    """A checkpoint file could not be read: corrupt, truncated or unknown."""
+
+
+def read_checkpoint(source):
+    """Returns `{key: np.ndarray}` from a path or an existing mapping.
+
+    Args:
+        source: a `.safetensors` or `.npz` path, or a mapping of names to
+            arrays (NumPy, or anything `np.asarray` accepts).
+    """
+    if isinstance(source, Mapping):
+        return {key: np.asarray(value) for key, value in source.items()}
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No checkpoint file at {path!r}.")
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(path)
+        except Exception as error:  # safetensors raises its own error types
+            raise CheckpointReadError(
+                f"{path!r} is not a readable safetensors file; it is corrupt "
+                f"or truncated ({type(error).__name__}: {error})."
+            ) from error
+    if path.endswith(".npz"):
+        try:
+            with np.load(path) as archive:
+                return {key: archive[key] for key in archive.files}
+        except Exception as error:
+            raise CheckpointReadError(
+                f"{path!r} is not a readable .npz file; it is corrupt or "
+                f"truncated ({type(error).__name__}: {error})."
+            ) from error
+    raise CheckpointReadError(
+        f"Unsupported checkpoint file {path!r}. Expected a timm "
+        "`.safetensors` file or an `.npz` archive of NumPy arrays. A PyTorch "
+        "`.pth` file needs torch to read: load it with "
+        "`torch.load(path, weights_only=True)` and pass "
+        "`{key: tensor.numpy() for key, tensor in state_dict.items()}`."
+    )
+
+
+def _authors_block(match):
+    stage = int(match.group(1)) // 2
+    return f"stages.{stage}.blocks.{match.group(2)}."
+
+
+def _authors_downsample(match):
+    stage = (int(match.group(1)) + 1) // 2
+    return f"stages.{stage}.downsample.conv."
+
+
+# The authors' PoolFormer v1 keys: `network` interleaves stages (even
+# indices) with downsampling layers (odd indices).
+_AUTHORS_RULES = (
+    (re.compile(r"^patch_embed\.proj\."), "stem.conv."),
+    (re.compile(r"^network\.(\d*[13579])\.proj\."), _authors_downsample),
+    (re.compile(r"^network\.(\d*[02468])\.(\d+)\."), _authors_block),
+    (re.compile(r"\.layer_scale_(\d)$"), r".layer_scale\1.scale"),
+    (re.compile(r"^norm\."), "head.norm."),
+    (re.compile(r"^head\.(weight|bias)$"), r"head.fc.\1"),
+)
+
+
+def is_authors_format(state_dict):
+    return any(key.startswith(("network.", "patch_embed.")) for key in state_dict)
+
+
+def authors_to_timm_keys(state_dict):
+    """Renames the authors' PoolFormer v1 keys (`network.N...`) to timm's."""
+    renamed = {}
+    for key, value in state_dict.items():
+        for pattern, replacement in _AUTHORS_RULES:
+            key = pattern.sub(replacement, key)
+        renamed[key] = value
+    return renamed
+
+
+def _timm_prefix(layer_name):
+    for pattern, replacement in _LAYER_PREFIXES:
+        if pattern.fullmatch(layer_name):
+            return pattern.sub(replacement, layer_name)
+    return None
+
+
+def timm_key_map(model):
+    """Returns `{timm key: Keras variable}` for every weight a checkpoint sets."""
+    mapping = {}
+    for layer in model.layers:
+        prefix = _timm_prefix(layer.name)
+        for variable in layer.weights:
+            if layer.name in _UNMAPPED_LAYERS:
+                continue
+            parts = variable.path.split("/")
+            relative = parts[parts.index(layer.name) + 1 :]
+            if prefix is None or relative[-1] not in _VARIABLE_NAMES:
+                raise ValueError(
+                    f"Variable {variable.path!r} of model {model.name!r} has "
+                    "no checkpoint name. Weight conversion supports the "
+                    "models built by keras_metaformer's builders."
+                )
+            key = ".".join([prefix, *relative[:-1], _VARIABLE_NAMES[relative[-1]]])
+            if key in mapping:
+                raise ValueError(
+                    f"Variables {mapping[key].path!r} and {variable.path!r} "
+                    f"both map to checkpoint key {key!r}."
+                )
+            mapping[key] = variable
+    return mapping
+
+
+def to_keras_layout(array, shape):
+    """Moves a PyTorch tensor to Keras' layout for a variable of `shape`.
+
+    Returns `None` if the array cannot take that shape.
+    """
+    shape = tuple(shape)
+    if len(shape) == 4 and array.ndim == 4:
+        array = array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    elif len(shape) == 2:
+        if array.ndim == 4 and array.shape[2:] == (1, 1):
+            array = array[:, :, 0, 0]  # 1x1 conv (O, I, 1, 1) -> linear (O, I)
+        if array.ndim == 2:
+            array = array.T  # (out, in) -> (in, out)
+    return array if array.shape == shape else None
+
+
+def _listing(title, items):
+    if not items:
+        return ""
+    shown = "\n".join(f"  {item}" for item in items[:_MAX_LISTED])
+    more = len(items) - _MAX_LISTED
+    if more > 0:
+        shown += f"\n  ... and {more} more"
+    return f"\n{title} ({len(items)}):\n{shown}"
+
+
+def load_timm_weights(model, source):
+    """Loads a timm or authors' PoolFormer checkpoint into a Keras model.
+
+    Every checkpoint tensor must be used exactly once and every model weight
+    set exactly once. The whole checkpoint is checked before any weight is
+    assigned, so on any mismatch the model is left untouched. Head tensors
+    (`head.*`) are skipped when the model has no classification head
+    (`include_top=False`).
+
+    Args:
+        model: a model built by one of this package's builders.
+        source: a timm `model.safetensors` path, an `.npz` path, or a
+            mapping of names to NumPy arrays, in timm's key format
+            (`stages.0.blocks.0.mlp.fc1.weight`) or the authors' original
+            one (`network.0.0.mlp.fc1.weight`).
+
+    Returns:
+        The model, with its weights set.
+
+    Raises:
+        ValueError: listing missing keys, unexpected keys and shape
+            mismatches, or naming a file that cannot be read.
+
+    Example:
+
+    >>> import numpy as np
+    >>> import keras_metaformer
+    >>> model = keras_metaformer.MetaFormer(
+    ...     depths=(1, 1, 1, 1), dims=(8, 8, 16, 16), weights=None, classes=3
+    ... )
+    >>> state = {k: np.ones(v.shape, "float32") for k, v in
+    ...          keras_metaformer.weights.timm_key_map(model).items()}
+    >>> state["stem.conv.weight"] = np.ones((8, 3, 7, 7), "float32")  # OIHW
+    >>> _ = load_timm_weights(model, state)
+    >>> tuple(model.get_layer("stem").conv.kernel.shape)  # HWIO
+    (7, 7, 3, 8)
+    >>> del state["head.fc.bias"]
+    >>> load_timm_weights(model, state)
+    Traceback (most recent call last):
+    ...
+    ValueError: Cannot load the checkpoint into model 'metaformer': ...
+    Missing from the checkpoint (1):
+      head.fc.bias
+    """
+    state = read_checkpoint(source)
+    if is_authors_format(state):
+        state = authors_to_timm_keys(state)
+    targets = timm_key_map(model)
+    if not any(key.startswith(HEAD_PREFIX) for key in targets):
+        state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
+
+    missing = sorted(set(targets) - set(state))
+    unexpected = sorted(set(state) - set(targets))
+    values, mismatched = {}, []
+    for key in sorted(set(targets) & set(state)):
+        variable = targets[key]
+        value = to_keras_layout(state[key], variable.shape)
+        if value is None:
+            mismatched.append(
+                f"{key}: checkpoint {tuple(state[key].shape)}, model "
+                f"{tuple(variable.shape)} ({variable.path})"
+            )
+        else:
+            values[key] = value
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"Cannot load the checkpoint into model {model.name!r}: it does "
+            "not match the architecture, so no weight was changed. Check that "
+            "the checkpoint is for the same variant, and pass "
+            "`include_top=False` to load a checkpoint whose head differs."
+            + _listing("Missing from the checkpoint", missing)
+            + _listing("Unexpected in the checkpoint", unexpected)
+            + _listing("Shape mismatches", mismatched)
+        )
+    for key, variable in targets.items():
+        variable.assign(values[key].astype(variable.dtype))
+    return model
