@@ -1,0 +1,35 @@
+import os
+import sys
+import tempfile
+
+import pytest
+
+# Tests never touch the user's Keras cache, nor the network: downloads go to
+# a throwaway KERAS_HOME, and the Hub endpoint points at a closed local port
+# unless a test serves weights itself.
+os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="keras_metaformer_tests_")
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import keras  # noqa: E402
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def fixture_path(name):
+    return os.path.join(FIXTURES, name)
+
+
+@pytest.fixture(autouse=True)
+def _restore_dtype_policy():
+    policy = keras.config.dtype_policy()
+    yield
+    keras.config.set_dtype_policy(policy)
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    """An empty Keras cache for one test."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    return tmp_path

@@ -1,0 +1,245 @@
+import inspect
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import keras_metaformer
+from conftest import fixture_path
+from keras_metaformer.models.poolformer import POOLFORMER_VARIANTS
+
+BUILDERS = {
+    "s12": keras_metaformer.PoolFormerS12,
+    "s24": keras_metaformer.PoolFormerS24,
+    "s36": keras_metaformer.PoolFormerS36,
+    "m36": keras_metaformer.PoolFormerM36,
+    "m48": keras_metaformer.PoolFormerM48,
+}
+# Parameter counts from the paper's Table (millions, two decimals).
+PAPER_PARAMS_M = {"s12": 11.92, "s24": 21.39, "s36": 30.86, "m36": 56.17, "m48": 73.47}
+
+with open(fixture_path("poolformer_keys.json")) as f:
+    TIMM_KEYS = json.load(f)
+
+
+def tiny_model(**kwargs):
+    arguments = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), weights=None, classes=5)
+    arguments.update(kwargs)
+    return keras_metaformer.MetaFormer(**arguments)
+
+
+# --- Builders: signature, names, parameter counts ----------------------------
+
+
+def test_builders_share_one_signature_and_docstring_template():
+    reference = inspect.signature(keras_metaformer.PoolFormerS12)
+    expected = [
+        "include_top", "include_preprocessing", "weights", "input_tensor", "input_shape",
+        "pooling", "classes", "classifier_activation", "drop_path_rate", "name",
+    ]
+    assert list(reference.parameters) == expected
+    assert reference.parameters["weights"].default == "imagenet"
+    for variant, builder in BUILDERS.items():
+        signature = inspect.signature(builder)
+        assert [(p.name, p.default) for p in signature.parameters.values() if p.name != "name"] == [
+            (p.name, p.default) for p in reference.parameters.values() if p.name != "name"
+        ]
+        assert signature.parameters["name"].default == f"poolformer_{variant}"
+        assert builder.__name__ == f"PoolFormer{variant.upper()}"
+        assert f"PoolFormer-{variant.upper()}" in builder.__doc__
+        assert f"poolformer_{variant}.sail_in1k" in builder.__doc__
+
+
+@pytest.mark.parametrize("variant", list(BUILDERS))
+def test_parameter_counts_match_timm_and_the_paper(variant):
+    model = BUILDERS[variant](weights=None)
+    count = model.count_params()
+    # The preprocessing layer's constants (mean, variance, count) are not parameters.
+    constants = sum(int(np.prod(w.shape)) for w in model.get_layer("preprocessing").weights)
+    assert count - constants == TIMM_KEYS[variant]["params"]
+    assert round((count - constants) / 1e6, 2) == PAPER_PARAMS_M[variant]
+    # The layer structure follows the variant table.
+    config = POOLFORMER_VARIANTS[variant]
+    for stage, depth in enumerate(config.depths):
+        block = model.get_layer(f"stage{stage}_block{depth - 1}")
+        assert block.output.shape[-1] == config.dims[stage]
+        assert block.layer_scale_init_value == config.layer_scale_init_value
+
+
+def test_s12_parameter_count_is_the_papers():
+    model = keras_metaformer.PoolFormerS12(weights=None, include_preprocessing=False)
+    assert model.count_params() == 11_915_176
+
+
+# --- Shapes --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "include_top, pooling, input_shape, expected",
+    [
+        (True, None, None, (None, 1000)),
+        (True, None, (96, 128, 3), (None, 1000)),
+        (False, None, None, (None, None, None, 512)),
+        (False, None, (224, 224, 3), (None, 7, 7, 512)),
+        (False, None, (32, 32, 3), (None, 1, 1, 512)),
+        (False, None, (100, 67, 3), (None, 4, 3, 512)),
+        (False, "avg", None, (None, 512)),
+        (False, "max", (64, 64, 3), (None, 512)),
+    ],
+)
+def test_s12_output_shapes(include_top, pooling, input_shape, expected):
+    model = keras_metaformer.PoolFormerS12(
+        weights=None, include_top=include_top, pooling=pooling, input_shape=input_shape
+    )
+    assert tuple(model.output.shape) == expected
+    default = (224, 224, 3) if include_top else (None, None, 3)
+    assert tuple(model.input.shape[1:]) == (input_shape or default)
+
+
+def test_eager_outputs_match_symbolic_shapes_at_several_sizes():
+    model = tiny_model(include_top=False)
+    for size in [(32, 32), (45, 77), (64, 64)]:
+        out = model.predict(np.zeros((2, *size, 3), "float32"), verbose=0)
+        expected = [-(-s // 4) for s in size]  # stem: ceil(s / 4) for these sizes
+        for _ in range(3):
+            expected = [(s + 2 - 3) // 2 + 1 for s in expected]
+        assert out.shape == (2, *expected, 32)
+
+
+def test_softmax_head_and_logits_head():
+    x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    probabilities = tiny_model(input_shape=(32, 32, 3)).predict(x, verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-5)
+    logits = tiny_model(input_shape=(32, 32, 3), classifier_activation=None).predict(x, verbose=0)
+    assert (logits < 0).any()
+
+
+def test_input_tensor_is_used_as_the_model_input():
+    tensor = keras.Input((64, 64, 3), name="my_images")
+    model = tiny_model(input_tensor=tensor, include_top=False, pooling="avg")
+    assert model.inputs[0] is tensor
+    assert tuple(model.output.shape) == (None, 32)
+
+
+def test_include_preprocessing_normalises_0_255_input():
+    with_pre = tiny_model(input_shape=(32, 32, 3), classifier_activation=None)
+    without = tiny_model(
+        input_shape=(32, 32, 3), classifier_activation=None, include_preprocessing=False
+    )
+    for layer in without.layers:
+        layer.set_weights(with_pre.get_layer(layer.name).get_weights())
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(
+        with_pre.predict(x, verbose=0),
+        without.predict(((x / 255 - mean) / std).astype("float32"), verbose=0),
+        atol=1e-5,
+    )
+
+
+def test_drop_path_rates_rise_linearly_over_all_blocks():
+    model = tiny_model(drop_path_rate=0.4)
+    blocks = [layer for layer in model.layers if "_block" in layer.name]
+    rates = [block.drop_path_rate for block in blocks]
+    np.testing.assert_allclose(rates, np.linspace(0, 0.4, len(blocks)))
+    assert blocks[0].drop_path is None and blocks[-1].drop_path.rate == pytest.approx(0.4)
+
+
+def test_ablation_knobs_reach_every_block():
+    model = tiny_model(pool_size=5, norm="layer", activation="relu", mlp_ratio=2)
+    for layer in model.layers:
+        if "_block" in layer.name:
+            assert layer.token_mixer.pool_size == 5
+            assert isinstance(layer.norm1, keras.layers.LayerNormalization)
+            assert layer.mlp.fc1.units == 2 * layer.output.shape[-1]
+            assert layer.mlp.activation is keras.activations.relu
+
+
+def test_layer_names_are_stable_and_hierarchical():
+    names = [layer.name for layer in keras_metaformer.PoolFormerS12(weights=None).layers]
+    assert names[:4] == ["images", "preprocessing", "stem", "stage0_block0"]
+    assert "stage1_downsample" in names and "stage2_block5" in names
+    assert names[-3:] == ["avg_pool", "head_norm", "predictions"]
+
+
+# --- Training, mixed precision, saving ---------------------------------------
+
+
+def test_fit_reduces_the_loss():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 5, 16)
+    model = tiny_model(input_shape=(32, 32, 3), drop_path_rate=0.1)
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    history = model.fit(x, y, epochs=8, batch_size=8, verbose=0)
+    losses = history.history["loss"]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_forward_matches_float32(policy):
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    reference = tiny_model(input_shape=(32, 32, 3), classifier_activation=None)
+    keras.config.set_dtype_policy(policy)
+    mixed = tiny_model(input_shape=(32, 32, 3), classifier_activation=None)
+    mixed.set_weights(reference.get_weights())
+    out = mixed.predict(x, verbose=0)
+    assert out.dtype == np.float32  # the head computes in float32
+    assert mixed.get_layer("stage0_block0").compute_dtype == policy.split("_")[1]
+    np.testing.assert_allclose(out, reference.predict(x, verbose=0), atol=0.1)
+
+
+def test_keras_save_and_load_round_trip(tmp_path):
+    model = tiny_model(drop_path_rate=0.2, pool_size=5, input_shape=(48, 48, 3))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 48, 48, 3)).astype("float32")
+    path = tmp_path / "model.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), model.predict(x, verbose=0))
+    assert [layer.name for layer in restored.layers] == [layer.name for layer in model.layers]
+    assert restored.get_layer("stage3_block0").drop_path.rate == pytest.approx(0.2)
+
+
+def test_s12_keras_save_and_load_round_trip(tmp_path):
+    model = keras_metaformer.PoolFormerS12(weights=None, input_shape=(64, 64, 3))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    model.save(tmp_path / "s12.keras")
+    restored = keras.saving.load_model(tmp_path / "s12.keras")
+    np.testing.assert_array_equal(restored.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+# --- Bad input -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"weights": "imagenet21k"}, r"Invalid `weights`: 'imagenet21k'.*Expected one of \[None, 'imagenet', 'sail_in1k'\]"),
+        ({"weights": "/no/such/file.safetensors"}, r"neither a known weight name nor an existing file"),
+        ({"classes": 10}, r"1000-class head.*`classes` must be 1000. Received: classes=10.*include_top=False"),
+        ({"classifier_activation": "sigmoid"}, r"must be None \(logits\) or 'softmax'. Received: classifier_activation='sigmoid'"),
+        ({"input_shape": (224, 224, 1)}, r"expect 3 input channels \(RGB\). Received: input_shape=\(224, 224, 1\)"),
+        ({"input_shape": (31, 224, 3), "weights": None}, r"at least 32x32.*Received: input_shape=\(31, 224, 3\)"),
+        ({"include_top": False, "input_shape": (64, 16, 3), "weights": None}, r"at least 32x32"),
+        ({"pooling": "sum", "include_top": False}, r"`pooling` must be one of \[None, 'avg', 'max'\].*Received: pooling='sum'"),
+        ({"input_shape": (224, 224), "weights": None}, r"\(height, width, channels\).*Received: input_shape=\(224, 224\)"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors_before_any_download(kwargs, message):
+    # HF_ENDPOINT points at a closed port: reaching the download would raise
+    # an OSError, not the expected ValueError.
+    with pytest.raises(ValueError, match=message):
+        keras_metaformer.PoolFormerS12(**kwargs)
+
+
+def test_pretrained_weights_on_the_generic_builder_are_refused():
+    with pytest.raises(ValueError, match="not published for this model"):
+        tiny_model(weights="imagenet")
+
+
+def test_mismatched_stage_arguments_are_refused():
+    with pytest.raises(ValueError, match="one entry per stage"):
+        keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16, 32), weights=None)
+    with pytest.raises(ValueError, match="one name or one per stage"):
+        keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), token_mixers=["pool"], weights=None)
