@@ -8,7 +8,8 @@ from keras_metaformer.layers import PatchEmbedding
 from keras_metaformer.weights.pretrained_configs import IMAGENET_MEAN
 from keras_metaformer.weights.pretrained_configs import IMAGENET_STD
 from keras_metaformer.weights.pretrained_configs import PretrainedConfig
-from keras_metaformer.weights.resolve import load_resolved_weights
+from keras_metaformer.weights.resolve import fetch_weights
+from keras_metaformer.weights.resolve import load_weights
 from keras_metaformer.weights.resolve import resolve_weights
 
 # Stem (stride 4) and three stride-2 downsamplings shrink the input by 32.
@@ -210,6 +211,7 @@ def build_metaformer(
     input_shape = _input_shape(input_shape, input_tensor, include_top, pretrained)
     if isinstance(token_mixers, str):
         token_mixers = [token_mixers] * len(depths)
+    checkpoint = fetch_weights(resolved, builder_name)
 
     inputs = _inputs(input_tensor, input_shape)
     x = inputs
@@ -264,5 +266,5 @@ def build_metaformer(
     if input_tensor is not None:
         inputs = keras.utils.get_source_inputs(input_tensor)
     model = keras.Model(inputs, x, name=name)
-    load_resolved_weights(model, resolved, builder_name)
+    load_weights(model, checkpoint)
     return model

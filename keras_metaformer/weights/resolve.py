@@ -4,6 +4,7 @@ import os
 
 from keras_metaformer.weights.download import fetch_pretrained_state
 from keras_metaformer.weights.pretrained_configs import IMAGENET_ALIAS
+from keras_metaformer.weights.pretrained_configs import PretrainedConfig
 from keras_metaformer.weights.pretrained_configs import available_weights
 from keras_metaformer.weights.pretrained_configs import get_pretrained_config
 from keras_metaformer.weights.timm_conversion import load_timm_weights
@@ -43,14 +44,23 @@ def resolve_weights(weights, arch):
     )
 
 
-def load_resolved_weights(model, resolved, builder_name):
-    """Loads what `resolve_weights` returned into a freshly built model."""
-    if resolved is None:
+def fetch_weights(resolved, builder_name):
+    """Downloads pretrained weights, if `resolved` names them.
+
+    Called before the model is built, so that a network error or a corrupt
+    download costs no build time. Returns `None`, a path, or a checkpoint
+    as `{key: array}`.
+    """
+    if isinstance(resolved, PretrainedConfig):
+        return fetch_pretrained_state(resolved, builder_name)
+    return resolved
+
+
+def load_weights(model, weights):
+    """Loads what `fetch_weights` returned into a freshly built model."""
+    if weights is None:
         return
-    if isinstance(resolved, str):
-        if resolved.endswith(_KERAS_SUFFIXES):
-            model.load_weights(resolved)
-        else:
-            load_timm_weights(model, resolved)
-        return
-    load_timm_weights(model, fetch_pretrained_state(resolved, builder_name))
+    if isinstance(weights, str) and weights.endswith(_KERAS_SUFFIXES):
+        model.load_weights(weights)
+    else:
+        load_timm_weights(model, weights)
