@@ -202,22 +202,16 @@ def load_timm_weights(model, source):
 
     >>> import numpy as np
     >>> import keras_metaformer
-    >>> model = keras_metaformer.MetaFormer(
-    ...     depths=(1, 1, 1, 1), dims=(8, 8, 16, 16), weights=None, classes=3
-    ... )
-    >>> state = {k: np.ones(v.shape, "float32") for k, v in
-    ...          keras_metaformer.weights.timm_key_map(model).items()}
-    >>> state["stem.conv.weight"] = np.ones((8, 3, 7, 7), "float32")  # OIHW
-    >>> _ = load_timm_weights(model, state)
-    >>> tuple(model.get_layer("stem").conv.kernel.shape)  # HWIO
-    (7, 7, 3, 8)
-    >>> del state["head.fc.bias"]
-    >>> load_timm_weights(model, state)
+    >>> model = keras_metaformer.PoolFormerS12(weights=None)
+    >>> # With timm's file: load_timm_weights(model, "model.safetensors").
+    >>> # An incomplete checkpoint is refused and changes nothing:
+    >>> load_timm_weights(model, {"stem.conv.weight": np.ones((64, 3, 7, 7))})
     Traceback (most recent call last):
     ...
-    ValueError: Cannot load the checkpoint into model 'metaformer': ...
-    Missing from the checkpoint (1):
+    ValueError: Cannot load the checkpoint into model 'poolformer_s12': ...
+    Missing from the checkpoint (131):
       head.fc.bias
+    ...
     """
     state = read_checkpoint(source)
     if is_authors_format(state):

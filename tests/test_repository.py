@@ -1,0 +1,40 @@
+"""The repository's contract: README commands, CI script, import-time deps."""
+
+import os
+import re
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _readme_commands():
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    first_block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
+    return [line for line in first_block.splitlines() if line and not line.startswith("#")]
+
+
+def test_readme_opens_with_the_main_job_and_the_test_command():
+    main_job, test_command = _readme_commands()
+    assert "recipes/classify.py" in main_job
+    assert "KERAS_BACKEND=tensorflow" in test_command and "KERAS_BACKEND=jax" in test_command
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    with open(os.path.join(REPO, ".ci", "run")) as f:
+        script = [line for line in f.read().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    assert script == [_readme_commands()[1]]
+
+
+def test_library_imports_only_keras_and_numpy():
+    # TensorFlow-only or optional parts (safetensors, PIL, ...) load only
+    # when used: importing the package adds no top-level module but itself.
+    code = (
+        "import sys, keras, numpy; before = set(sys.modules); "
+        "import keras_metaformer; "
+        "print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))"
+    )
+    environment = dict(os.environ, KERAS_BACKEND="jax")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, check=True)
+    assert out.stdout.strip() == "['keras_metaformer']", out.stdout
