@@ -1,3 +1,4 @@
+import functools
 import os
 import sys
 import tempfile
@@ -19,6 +20,17 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 def fixture_path(name):
     return os.path.join(FIXTURES, name)
+
+
+@functools.lru_cache(maxsize=None)
+def full_size_model(variant):
+    """A full-size PoolFormer with random weights, built once per process.
+
+    Only for tests that read the model without changing it.
+    """
+    import keras_metaformer
+
+    return getattr(keras_metaformer, f"PoolFormer{variant.upper()}")(weights=None)
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,7 @@ from safetensors.numpy import save
 
 import keras_metaformer
 from conftest import fixture_path
+from conftest import full_size_model
 from keras_metaformer.models.poolformer import POOLFORMER_VARIANTS
 from keras_metaformer.weights import timm_conversion
 
@@ -105,15 +106,9 @@ def test_authors_keys_are_renamed_like_timms_filter(variant):
 # --- Key and shape lists of the full-size variants ----------------------------
 
 
-@functools.lru_cache(maxsize=None)
-def _full_model(variant):
-    builder = getattr(keras_metaformer, f"PoolFormer{variant.upper()}")
-    return builder(weights=None)
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_timm_tensor_maps_to_exactly_one_weight(variant):
-    model = _full_model(variant)
+    model = full_size_model(variant)
     targets = timm_conversion.timm_key_map(model)
     expected = {key: tuple(shape) for key, shape in TIMM_KEYS[variant]["timm"]}
     assert set(targets) == set(expected)

@@ -127,10 +127,10 @@ def timm_key_map(model):
     """Returns `{timm key: Keras variable}` for every weight a checkpoint sets."""
     mapping = {}
     for layer in model.layers:
+        if layer.name in _UNMAPPED_LAYERS:
+            continue
         prefix = _timm_prefix(layer.name)
         for variable in layer.weights:
-            if layer.name in _UNMAPPED_LAYERS:
-                continue
             parts = variable.path.split("/")
             relative = parts[parts.index(layer.name) + 1 :]
             if prefix is None or relative[-1] not in _VARIABLE_NAMES:
