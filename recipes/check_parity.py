@@ -23,15 +23,10 @@ import keras
 import numpy as np
 
 import keras_metaformer
+from keras_metaformer.models import POOLFORMER_BUILDERS
 
 TOLERANCE = 1e-4
-BUILDERS = {
-    "s12": keras_metaformer.PoolFormerS12,
-    "s24": keras_metaformer.PoolFormerS24,
-    "s36": keras_metaformer.PoolFormerS36,
-    "m36": keras_metaformer.PoolFormerM36,
-    "m48": keras_metaformer.PoolFormerM48,
-}
+BUILDERS = POOLFORMER_BUILDERS
 
 
 def measure(directory, variant):

@@ -17,14 +17,9 @@ import sys
 import numpy as np
 
 import keras_metaformer
+from keras_metaformer.models import POOLFORMER_BUILDERS
 
-VARIANTS = {
-    "s12": keras_metaformer.PoolFormerS12,
-    "s24": keras_metaformer.PoolFormerS24,
-    "s36": keras_metaformer.PoolFormerS36,
-    "m36": keras_metaformer.PoolFormerM36,
-    "m48": keras_metaformer.PoolFormerM48,
-}
+VARIANTS = POOLFORMER_BUILDERS
 
 
 def load_image(path):

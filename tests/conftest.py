@@ -28,9 +28,9 @@ def full_size_model(variant):
 
     Only for tests that read the model without changing it.
     """
-    import keras_metaformer
+    from keras_metaformer.models import POOLFORMER_BUILDERS
 
-    return getattr(keras_metaformer, f"PoolFormer{variant.upper()}")(weights=None)
+    return POOLFORMER_BUILDERS[variant](weights=None)
 
 
 @pytest.fixture(autouse=True)

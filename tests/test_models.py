@@ -8,15 +8,10 @@ import pytest
 import keras_metaformer
 from conftest import fixture_path
 from conftest import full_size_model
+from keras_metaformer.models.poolformer import POOLFORMER_BUILDERS
 from keras_metaformer.models.poolformer import POOLFORMER_VARIANTS
 
-BUILDERS = {
-    "s12": keras_metaformer.PoolFormerS12,
-    "s24": keras_metaformer.PoolFormerS24,
-    "s36": keras_metaformer.PoolFormerS36,
-    "m36": keras_metaformer.PoolFormerM36,
-    "m48": keras_metaformer.PoolFormerM48,
-}
+BUILDERS = POOLFORMER_BUILDERS
 # Parameter counts from the paper's Table (millions, two decimals).
 PAPER_PARAMS_M = {"s12": 11.92, "s24": 21.39, "s36": 30.86, "m36": 56.17, "m48": 73.47}
 
@@ -48,6 +43,7 @@ def test_builders_share_one_signature_and_docstring_template():
         ]
         assert signature.parameters["name"].default == f"poolformer_{variant}"
         assert builder.__name__ == f"PoolFormer{variant.upper()}"
+        assert getattr(keras_metaformer, builder.__name__) is builder
         assert f"PoolFormer-{variant.upper()}" in builder.__doc__
         assert f"poolformer_{variant}.sail_in1k" in builder.__doc__
 

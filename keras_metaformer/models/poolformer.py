@@ -151,3 +151,12 @@ PoolFormerS24 = _make_builder("s24")
 PoolFormerS36 = _make_builder("s36")
 PoolFormerM36 = _make_builder("m36")
 PoolFormerM48 = _make_builder("m48")
+
+# Variant name -> public builder, for code that picks a size at run time.
+POOLFORMER_BUILDERS = {
+    "s12": PoolFormerS12,
+    "s24": PoolFormerS24,
+    "s36": PoolFormerS36,
+    "m36": PoolFormerM36,
+    "m48": PoolFormerM48,
+}
