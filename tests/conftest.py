@@ -1,4 +1,5 @@
 import functools
+import json
 import os
 import sys
 import tempfile
@@ -12,10 +13,16 @@ os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="keras_metaformer_tests_")
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "reference"))
 
 import keras  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+# Per timm architecture: checkpoint keys and shapes at full and reduced size,
+# trainable parameter count, and the authors' key of every tensor.
+with open(os.path.join(FIXTURES, "timm_keys.json")) as _file:
+    TIMM_KEYS = json.load(_file)
 
 
 def fixture_path(name):
@@ -23,14 +30,14 @@ def fixture_path(name):
 
 
 @functools.lru_cache(maxsize=None)
-def full_size_model(variant):
-    """A full-size PoolFormer with random weights, built once per process.
+def full_size_model(arch):
+    """A full-size model with random weights, built once per process.
 
     Only for tests that read the model without changing it.
     """
-    from keras_metaformer.models import POOLFORMER_BUILDERS
+    from keras_metaformer.models import BUILDERS
 
-    return POOLFORMER_BUILDERS[variant](weights=None)
+    return BUILDERS[arch](weights=None)
 
 
 @pytest.fixture(autouse=True)

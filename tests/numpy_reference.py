@@ -89,3 +89,58 @@ def metaformer_block(x, params, pool_size=3, activation="gelu", norm=group_norm_
     x = x + params["layer_scale1"] * y
     y = mlp(norm(x, *params["norm2"]), *params["fc1"], *params["fc2"], activation)
     return x + params["layer_scale2"] * y
+
+
+def squared_relu(x):
+    return np.maximum(x, 0.0) ** 2
+
+
+def star_relu(x, scale, bias):
+    return scale * squared_relu(x) + bias
+
+
+def depthwise_conv2d_same(x, kernel_hwc1):
+    """Stride-1 depthwise convolution with symmetric zero padding."""
+    kh, kw = kernel_hwc1.shape[:2]
+    padded = np.pad(x, [(0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)])
+    out = np.zeros_like(x)
+    for i in range(x.shape[1]):
+        for j in range(x.shape[2]):
+            out[:, i, j, :] = np.einsum("bhwc,hwc->bc", padded[:, i : i + kh, j : j + kw, :], kernel_hwc1[..., 0])
+    return out
+
+
+def sepconv(x, pw1, act_scale, act_bias, dw, pw2):
+    return depthwise_conv2d_same(star_relu(x @ pw1, act_scale, act_bias), dw) @ pw2
+
+
+def softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def attention(x, qkv_kernel, proj_kernel, head_dim):
+    """Multi-head self-attention over the flattened positions, head by head."""
+    batch, height, width, _ = x.shape
+    tokens = x.reshape(batch, height * width, -1)
+    qkv = tokens @ qkv_kernel
+    width_all = qkv.shape[-1] // 3
+    heads = []
+    for h in range(width_all // head_dim):
+        part = slice(h * head_dim, (h + 1) * head_dim)
+        q = qkv[..., :width_all][..., part]
+        k = qkv[..., width_all : 2 * width_all][..., part]
+        v = qkv[..., 2 * width_all :][..., part]
+        weights = softmax(q @ k.transpose(0, 2, 1) / np.sqrt(head_dim))
+        heads.append(weights @ v)
+    return (np.concatenate(heads, axis=-1) @ proj_kernel).reshape(batch, height, width, -1)
+
+
+def random_mixing(x, matrix):
+    batch, height, width, channels = x.shape
+    tokens = x.reshape(batch, height * width, channels)
+    return np.einsum("mn,bnc->bmc", matrix, tokens).reshape(x.shape)
+
+
+def mlp_head(x, fc1, fc1_bias, gamma, beta, fc2, fc2_bias, eps):
+    return layer_norm(squared_relu(x @ fc1 + fc1_bias), gamma, beta, eps) @ fc2 + fc2_bias

@@ -4,29 +4,42 @@ Importing this package registers every layer as serializable under the
 `keras_metaformer` package and every token mixer under its short name.
 """
 
+from keras_metaformer.layers.activations import StarReLU
+from keras_metaformer.layers.activations import squared_relu
+from keras_metaformer.layers.attention_mixer import AttentionMixer
 from keras_metaformer.layers.block import MetaFormerBlock
 from keras_metaformer.layers.drop_path import DropPath
+from keras_metaformer.layers.identity_mixer import IdentityMixer
 from keras_metaformer.layers.layer_scale import LayerScale
 from keras_metaformer.layers.mlp import Mlp
-from keras_metaformer.layers.norms import NORMS, get_norm
+from keras_metaformer.layers.mlp_head import MlpHead
+from keras_metaformer.layers.norms import NORMS
+from keras_metaformer.layers.norms import get_norm
 from keras_metaformer.layers.patch_embedding import PatchEmbedding
 from keras_metaformer.layers.pool_mixer import PoolMixer
-from keras_metaformer.layers.token_mixers import (
-    get_token_mixer,
-    register_token_mixer,
-    token_mixer_names,
-)
+from keras_metaformer.layers.random_mixer import RandomMixer
+from keras_metaformer.layers.sepconv_mixer import SepConvMixer
+from keras_metaformer.layers.token_mixers import get_token_mixer
+from keras_metaformer.layers.token_mixers import register_token_mixer
+from keras_metaformer.layers.token_mixers import token_mixer_names
 
 __all__ = [
+    "AttentionMixer",
     "DropPath",
+    "IdentityMixer",
     "LayerScale",
     "MetaFormerBlock",
     "Mlp",
+    "MlpHead",
     "NORMS",
     "PatchEmbedding",
     "PoolMixer",
+    "RandomMixer",
+    "SepConvMixer",
+    "StarReLU",
     "get_norm",
     "get_token_mixer",
     "register_token_mixer",
+    "squared_relu",
     "token_mixer_names",
 ]

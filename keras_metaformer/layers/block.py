@@ -12,9 +12,13 @@ class MetaFormerBlock(keras.layers.Layer):
     """The MetaFormer block: a token-mixer sub-block and an MLP sub-block.
 
     ```
-    x = x + drop_path(layer_scale1 * token_mixer(norm1(x)))
-    x = x + drop_path(layer_scale2 * mlp(norm2(x)))
+    x = res_scale1 * x + drop_path(layer_scale1 * token_mixer(norm1(x)))
+    x = res_scale2 * x + drop_path(layer_scale2 * mlp(norm2(x)))
     ```
+
+    PoolFormer uses layer scales and no residual scales; the MetaFormer
+    baselines use residual scales (in their last two stages) and no layer
+    scales. Either is left out when its initial value is `None`.
 
     The token mixer is pluggable: PoolFormer uses average pooling
     (`"pool"`), a Transformer would use attention. Any registered mixer name
@@ -31,13 +35,18 @@ class MetaFormerBlock(keras.layers.Layer):
             valid with `token_mixer="pool"`.
         mlp_ratio: float, hidden width of the MLP as a multiple of channels.
         activation: activation of the MLP: `"gelu"` (exact, the default),
-            `"relu"`, `"silu"` or any Keras activation.
+            `"relu"`, `"silu"`, `"star_relu"` (the baselines') or any Keras
+            activation.
         norm: `"group"` (GroupNorm with one group, PoolFormer's choice),
             `"layer"` or `"batch"`.
-        norm_epsilon: float, epsilon of both norms. PoolFormer uses 1e-5.
+        norm_epsilon: float, epsilon of both norms. PoolFormer uses 1e-5,
+            the baselines 1e-6.
+        norm_use_bias: bool, whether the norms have a learnable shift.
         use_bias: bool, whether the MLP's Dense layers have biases.
         layer_scale_init_value: float initial value of the per-channel layer
             scales, or `None` for no layer scale.
+        res_scale_init_value: float initial value of the per-channel scales
+            of the residual stream, or `None` for none.
         drop_path_rate: float in `[0, 1)`, stochastic depth of both branches.
         seed: int or `None`, seed of the stochastic-depth draws.
         **kwargs: base layer arguments such as `name` and `dtype`.
@@ -61,8 +70,10 @@ class MetaFormerBlock(keras.layers.Layer):
         activation="gelu",
         norm="group",
         norm_epsilon=1e-5,
+        norm_use_bias=True,
         use_bias=True,
         layer_scale_init_value=1e-5,
+        res_scale_init_value=None,
         drop_path_rate=0.0,
         seed=None,
         **kwargs,
@@ -73,8 +84,10 @@ class MetaFormerBlock(keras.layers.Layer):
         self.activation = activation
         self.norm = norm
         self.norm_epsilon = norm_epsilon
+        self.norm_use_bias = norm_use_bias
         self.use_bias = use_bias
         self.layer_scale_init_value = layer_scale_init_value
+        self.res_scale_init_value = res_scale_init_value
         self.drop_path_rate = drop_path_rate
         self.seed = seed
 
@@ -94,8 +107,10 @@ class MetaFormerBlock(keras.layers.Layer):
             )
         self._token_mixer_identifier = token_mixer
 
-        self.norm1 = get_norm(norm, norm_epsilon, name="norm1", dtype=policy)
-        self.norm2 = get_norm(norm, norm_epsilon, name="norm2", dtype=policy)
+        self.norm1, self.norm2 = (
+            get_norm(norm, norm_epsilon, name=name, center=norm_use_bias, dtype=policy)
+            for name in ("norm1", "norm2")
+        )
         self.mlp = Mlp(
             mlp_ratio, activation, use_bias=use_bias, dtype=policy, name="mlp"
         )
@@ -107,6 +122,10 @@ class MetaFormerBlock(keras.layers.Layer):
             self.layer_scale2 = LayerScale(
                 layer_scale_init_value, dtype=policy, name="layer_scale2"
             )
+        self.res_scale1 = self.res_scale2 = None
+        if res_scale_init_value is not None:
+            self.res_scale1 = LayerScale(res_scale_init_value, dtype=policy, name="res_scale1")
+            self.res_scale2 = LayerScale(res_scale_init_value, dtype=policy, name="res_scale2")
         self.drop_path = None
         if drop_path_rate > 0:
             self.drop_path = DropPath(
@@ -121,23 +140,29 @@ class MetaFormerBlock(keras.layers.Layer):
             self.norm2,
             self.mlp,
             self.layer_scale2,
+            self.res_scale1,
+            self.res_scale2,
         ):
             if layer is not None and not layer.built:
                 layer.build(input_shape)
 
-    def _residual_branch(self, x, branch, layer_scale, training):
+    def _residual_branch(self, x, branch, layer_scale, res_scale, training):
         if layer_scale is not None:
             branch = layer_scale(branch)
         if self.drop_path is not None:
             branch = self.drop_path(branch, training=training)
+        if res_scale is not None:
+            x = res_scale(x)
         return x + branch
 
     def call(self, inputs, training=None):
         x = inputs
         mixed = self.token_mixer(self.norm1(x, training=training))
-        x = self._residual_branch(x, mixed, self.layer_scale1, training)
+        x = self._residual_branch(x, mixed, self.layer_scale1, self.res_scale1, training)
         transformed = self.mlp(self.norm2(x, training=training))
-        return self._residual_branch(x, transformed, self.layer_scale2, training)
+        return self._residual_branch(
+            x, transformed, self.layer_scale2, self.res_scale2, training
+        )
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -158,8 +183,10 @@ class MetaFormerBlock(keras.layers.Layer):
                 "activation": activation,
                 "norm": self.norm,
                 "norm_epsilon": self.norm_epsilon,
+                "norm_use_bias": self.norm_use_bias,
                 "use_bias": self.use_bias,
                 "layer_scale_init_value": self.layer_scale_init_value,
+                "res_scale_init_value": self.res_scale_init_value,
                 "drop_path_rate": self.drop_path_rate,
                 "seed": self.seed,
             }

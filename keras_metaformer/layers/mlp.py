@@ -1,5 +1,7 @@
 import keras
 
+from keras_metaformer.layers.activations import get_activation_layer
+
 
 @keras.saving.register_keras_serializable(package="keras_metaformer")
 class Mlp(keras.layers.Layer):
@@ -12,7 +14,8 @@ class Mlp(keras.layers.Layer):
     Args:
         mlp_ratio: float, hidden width as a multiple of the input channels.
         activation: activation name or callable. `"gelu"` is the exact
-            (erf) GELU, as in the reference.
+            (erf) GELU, as in PoolFormer; `"star_relu"` is the baselines'
+            `StarReLU` layer, with learnable scale and bias.
         use_bias: bool, whether both Dense layers have a bias.
         **kwargs: base layer arguments such as `name` and `dtype`.
 
@@ -28,14 +31,14 @@ class Mlp(keras.layers.Layer):
     def __init__(self, mlp_ratio=4.0, activation="gelu", use_bias=True, **kwargs):
         super().__init__(**kwargs)
         self.mlp_ratio = mlp_ratio
-        self.activation = keras.activations.get(activation)
+        self.activation = activation
         self.use_bias = use_bias
+        self.act = get_activation_layer(activation, "act", dtype=self.dtype_policy)
 
     def build(self, input_shape):
         channels = input_shape[-1]
         self.fc1 = keras.layers.Dense(
             int(self.mlp_ratio * channels),
-            activation=self.activation,
             use_bias=self.use_bias,
             dtype=self.dtype_policy,
             name="fc1",
@@ -44,10 +47,12 @@ class Mlp(keras.layers.Layer):
             channels, use_bias=self.use_bias, dtype=self.dtype_policy, name="fc2"
         )
         self.fc1.build(input_shape)
-        self.fc2.build(self.fc1.compute_output_shape(input_shape))
+        hidden_shape = self.fc1.compute_output_shape(input_shape)
+        self.act.build(hidden_shape)
+        self.fc2.build(hidden_shape)
 
     def call(self, inputs):
-        return self.fc2(self.fc1(inputs))
+        return self.fc2(self.act(self.fc1(inputs)))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -57,7 +62,9 @@ class Mlp(keras.layers.Layer):
         config.update(
             {
                 "mlp_ratio": self.mlp_ratio,
-                "activation": keras.activations.serialize(self.activation),
+                "activation": self.activation
+                if isinstance(self.activation, str)
+                else keras.activations.serialize(self.activation),
                 "use_bias": self.use_bias,
             }
         )

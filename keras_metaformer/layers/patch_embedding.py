@@ -8,7 +8,9 @@ class PatchEmbedding(keras.layers.Layer):
 
     PoolFormer's stem is `PatchEmbedding(dims[0], 7, strides=4, padding=2)`
     and each later stage starts with `PatchEmbedding(dims[i], 3, strides=2,
-    padding=1)`.
+    padding=1)`. The MetaFormer baselines add a LayerNorm without bias over
+    the channels: after the stem's convolution (`norm="post"`) and before
+    each downsampling convolution (`norm="pre"`).
 
     The padding is explicit because Keras' `padding="same"` pads more on the
     bottom/right than on the top/left when the stride is above 1; that shifts
@@ -21,6 +23,9 @@ class PatchEmbedding(keras.layers.Layer):
         strides: int, the stride in both spatial axes.
         padding: int, zeros added on each of the four sides.
         use_bias: bool, whether the convolution has a bias.
+        norm: `None`, `"pre"` or `"post"`: where a LayerNorm without bias
+            goes, before or after the convolution.
+        norm_epsilon: float, epsilon of that LayerNorm.
         **kwargs: base layer arguments such as `name` and `dtype`.
 
     Example:
@@ -32,14 +37,34 @@ class PatchEmbedding(keras.layers.Layer):
     """
 
     def __init__(
-        self, filters, kernel_size, strides, padding, use_bias=True, **kwargs
+        self,
+        filters,
+        kernel_size,
+        strides,
+        padding,
+        use_bias=True,
+        norm=None,
+        norm_epsilon=1e-6,
+        **kwargs,
     ):
         super().__init__(**kwargs)
+        if norm not in (None, "pre", "post"):
+            raise ValueError(
+                "`norm` must be None, 'pre' (before the convolution) or "
+                f"'post' (after it). Received: norm={norm!r}"
+            )
         self.filters = filters
         self.kernel_size = kernel_size
         self.strides = strides
         self.padding = padding
         self.use_bias = use_bias
+        self.norm = norm
+        self.norm_epsilon = norm_epsilon
+        self.norm_layer = None
+        if norm is not None:
+            self.norm_layer = keras.layers.LayerNormalization(
+                epsilon=norm_epsilon, center=False, dtype=self.dtype_policy, name="norm"
+            )
 
     def build(self, input_shape):
         self.conv = keras.layers.Conv2D(
@@ -52,12 +77,22 @@ class PatchEmbedding(keras.layers.Layer):
             name="conv",
         )
         self.conv.build(self._padded_shape(input_shape))
+        if self.norm == "pre":
+            self.norm_layer.build(input_shape)
+        elif self.norm == "post":
+            self.norm_layer.build(self.compute_output_shape(input_shape))
 
     def call(self, inputs):
+        x = inputs
+        if self.norm == "pre":
+            x = self.norm_layer(x)
         p = self.padding
         if p:
-            inputs = ops.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]])
-        return self.conv(inputs)
+            x = ops.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+        x = self.conv(x)
+        if self.norm == "post":
+            x = self.norm_layer(x)
+        return x
 
     def _padded_shape(self, input_shape):
         batch, height, width, channels = input_shape
@@ -87,6 +122,8 @@ class PatchEmbedding(keras.layers.Layer):
                 "strides": self.strides,
                 "padding": self.padding,
                 "use_bias": self.use_bias,
+                "norm": self.norm,
+                "norm_epsilon": self.norm_epsilon,
             }
         )
         return config

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from keras_metaformer.layers import MetaFormerBlock
+from keras_metaformer.layers import MlpHead
 from keras_metaformer.layers import PatchEmbedding
 from keras_metaformer.weights.pretrained_configs import IMAGENET_MEAN
 from keras_metaformer.weights.pretrained_configs import IMAGENET_STD
@@ -15,7 +16,10 @@ from keras_metaformer.weights.resolve import resolve_weights
 # Stem (stride 4) and three stride-2 downsamplings shrink the input by 32.
 MIN_INPUT_SIZE = 32
 POOLINGS = (None, "avg", "max")
+HEADS = ("linear", "mlp")
 HEAD_NORM_EPSILON = 1e-6
+# The baselines' LayerNorm in the stem and downsampling layers.
+DOWNSAMPLE_NORM_EPSILON = 1e-6
 
 
 def MetaFormer(
@@ -27,8 +31,12 @@ def MetaFormer(
     activation="gelu",
     norm="group",
     norm_epsilon=1e-5,
+    norm_use_bias=True,
     use_bias=True,
     layer_scale_init_value=1e-5,
+    res_scale_init_value=None,
+    downsample_norm=False,
+    head="linear",
     drop_path_rate=0.0,
     include_top=True,
     include_preprocessing=True,
@@ -44,23 +52,37 @@ def MetaFormer(
 
     A stem (7x7 convolution, stride 4) is followed by one stage per entry of
     `depths`; every stage after the first starts with a stride-2 3x3
-    convolution. The head is global average pooling, LayerNorm and a Dense
-    classifier, as in timm. The named variants (`PoolFormerS12`, ...) are
-    this function with fixed architecture arguments; use it directly to
-    build the paper's ablations and hybrids.
+    convolution. The head is global average pooling, LayerNorm and a
+    classifier (a Dense layer, or the baselines' `MlpHead`), as in timm. The
+    named variants (`PoolFormerS12`, `CAFormerS18`, ...) are this function
+    with fixed architecture arguments; use it directly to build the papers'
+    ablations and hybrids, e.g. pooling in the first stages and attention in
+    the last: `token_mixers=["pool", "pool", "attention", "attention"]`.
+
+    Arguments marked "per stage" take one value for all stages or a list
+    with one value per stage.
 
     Args:
         depths: blocks per stage, e.g. `(2, 2, 6, 2)`.
         dims: channels per stage, e.g. `(64, 128, 320, 512)`.
-        token_mixers: one registered mixer name for all stages, or a list
-            with one per stage.
+        token_mixers: per stage, a registered mixer name: `"pool"`,
+            `"identity"`, `"random"`, `"sepconv"`, `"attention"`, ...
         pool_size: window of every `"pool"` mixer (3 when `None`).
         mlp_ratio: hidden width of each block's MLP relative to its channels.
-        activation: MLP activation: `"gelu"` (exact), `"relu"`, `"silu"`, ...
-        norm: block normalisation: `"group"` (one group), `"layer"`, `"batch"`.
+        activation: MLP activation: `"gelu"` (exact), `"relu"`, `"silu"`,
+            `"star_relu"`, ...
+        norm: per stage, the block normalisation: `"group"` (one group),
+            `"layer"` (over channels) or `"batch"`.
         norm_epsilon: epsilon of the block normalisations.
+        norm_use_bias: whether the block normalisations have a shift.
         use_bias: whether the MLP Dense layers have biases.
-        layer_scale_init_value: initial layer-scale value, `None` for none.
+        layer_scale_init_value: per stage, the initial layer-scale value, or
+            `None` for none.
+        res_scale_init_value: per stage, the initial residual-scale value, or
+            `None` for none.
+        downsample_norm: whether a LayerNorm without bias follows the stem
+            convolution and precedes each downsampling (the baselines).
+        head: `"linear"` (Dense) or `"mlp"` (`MlpHead`) classifier.
         drop_path_rate: stochastic depth of the last block; it rises linearly
             from 0 over all blocks.
         include_top, include_preprocessing, weights, input_tensor,
@@ -87,8 +109,12 @@ def MetaFormer(
         activation=activation,
         norm=norm,
         norm_epsilon=norm_epsilon,
+        norm_use_bias=norm_use_bias,
         use_bias=use_bias,
         layer_scale_init_value=layer_scale_init_value,
+        res_scale_init_value=res_scale_init_value,
+        downsample_norm=downsample_norm,
+        head=head,
         drop_path_rate=drop_path_rate,
         include_top=include_top,
         include_preprocessing=include_preprocessing,
@@ -102,17 +128,26 @@ def MetaFormer(
     )
 
 
-def _check_arguments(depths, dims, token_mixers, pooling):
+def per_stage(name, value, num_stages):
+    """`value` repeated for each stage, or checked to have one per stage."""
+    if not isinstance(value, (list, tuple)):
+        return [value] * num_stages
+    if len(value) != num_stages:
+        raise ValueError(
+            f"`{name}` must be one value or one per stage. Received: "
+            f"{name}={value} for {num_stages} stages."
+        )
+    return list(value)
+
+
+def _check_arguments(depths, dims, pooling, head):
     if len(depths) != len(dims):
         raise ValueError(
             "`depths` and `dims` need one entry per stage. Received: "
             f"depths={depths} and dims={dims}."
         )
-    if not isinstance(token_mixers, str) and len(token_mixers) != len(depths):
-        raise ValueError(
-            "`token_mixers` must be one name or one per stage. Received: "
-            f"token_mixers={token_mixers} for {len(depths)} stages."
-        )
+    if head not in HEADS:
+        raise ValueError(f"`head` must be one of {list(HEADS)}. Received: head={head!r}")
     if pooling not in POOLINGS:
         raise ValueError(
             f"`pooling` must be one of {list(POOLINGS)}: None returns the "
@@ -188,8 +223,12 @@ def build_metaformer(
     activation,
     norm,
     norm_epsilon,
+    norm_use_bias,
     use_bias,
     layer_scale_init_value,
+    res_scale_init_value,
+    downsample_norm,
+    head,
     drop_path_rate,
     include_top,
     include_preprocessing,
@@ -203,14 +242,17 @@ def build_metaformer(
     builder_name="MetaFormer",
 ):
     """`MetaFormer` plus `arch`, the timm name that selects pretrained weights."""
-    _check_arguments(depths, dims, token_mixers, pooling)
+    _check_arguments(depths, dims, pooling, head)
+    num_stages = len(depths)
+    token_mixers = per_stage("token_mixers", token_mixers, num_stages)
+    norms = per_stage("norm", norm, num_stages)
+    layer_scales = per_stage("layer_scale_init_value", layer_scale_init_value, num_stages)
+    res_scales = per_stage("res_scale_init_value", res_scale_init_value, num_stages)
     resolved = resolve_weights(weights, arch)
     pretrained = resolved if isinstance(resolved, PretrainedConfig) else None
     if pretrained:
         _check_pretrained(pretrained, include_top, classes, classifier_activation)
     input_shape = _input_shape(input_shape, input_tensor, include_top, pretrained)
-    if isinstance(token_mixers, str):
-        token_mixers = [token_mixers] * len(depths)
     checkpoint = fetch_weights(resolved, builder_name)
 
     inputs = _inputs(input_tensor, input_shape)
@@ -224,24 +266,40 @@ def build_metaformer(
             variance=[(255.0 * s) ** 2 for s in std],
             name="preprocessing",
         )(x)
-    x = PatchEmbedding(dims[0], 7, strides=4, padding=2, name="stem")(x)
+    x = PatchEmbedding(
+        dims[0],
+        7,
+        strides=4,
+        padding=2,
+        norm="post" if downsample_norm else None,
+        norm_epsilon=DOWNSAMPLE_NORM_EPSILON,
+        name="stem",
+    )(x)
 
     drop_path_rates = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
-    for stage, (depth, dim, mixer) in enumerate(zip(depths, dims, token_mixers)):
+    for stage, (depth, dim) in enumerate(zip(depths, dims)):
         if stage > 0:
             x = PatchEmbedding(
-                dim, 3, strides=2, padding=1, name=f"stage{stage}_downsample"
+                dim,
+                3,
+                strides=2,
+                padding=1,
+                norm="pre" if downsample_norm else None,
+                norm_epsilon=DOWNSAMPLE_NORM_EPSILON,
+                name=f"stage{stage}_downsample",
             )(x)
         for index in range(depth):
             x = MetaFormerBlock(
-                token_mixer=mixer,
-                pool_size=pool_size if mixer == "pool" else None,
+                token_mixer=token_mixers[stage],
+                pool_size=pool_size if token_mixers[stage] == "pool" else None,
                 mlp_ratio=mlp_ratio,
                 activation=activation,
-                norm=norm,
+                norm=norms[stage],
                 norm_epsilon=norm_epsilon,
+                norm_use_bias=norm_use_bias,
                 use_bias=use_bias,
-                layer_scale_init_value=layer_scale_init_value,
+                layer_scale_init_value=layer_scales[stage],
+                res_scale_init_value=res_scales[stage],
                 drop_path_rate=drop_path_rates.pop(0),
                 name=f"stage{stage}_block{index}",
             )(x)
@@ -252,12 +310,15 @@ def build_metaformer(
             epsilon=HEAD_NORM_EPSILON, name="head_norm"
         )(x)
         # Float32 outputs keep softmax stable under mixed precision.
-        x = keras.layers.Dense(
-            classes,
-            activation=classifier_activation,
-            dtype="float32",
-            name="predictions",
-        )(x)
+        if head == "mlp":
+            classifier = MlpHead(
+                classes, activation=classifier_activation, dtype="float32", name="predictions"
+            )
+        else:
+            classifier = keras.layers.Dense(
+                classes, activation=classifier_activation, dtype="float32", name="predictions"
+            )
+        x = classifier(x)
     elif pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     elif pooling == "max":

@@ -62,13 +62,35 @@ def _timm(arch, tag, **kwargs):
     return PretrainedConfig(arch, tag, hub_id=f"timm/{arch}.{tag}", **kwargs)
 
 
+def _baseline_tags(arch):
+    """The five timm tags of a ConvFormer or CAFormer size."""
+    return [
+        _timm(arch, "sail_in1k", crop_pct=1.0),
+        _timm(arch, "sail_in1k_384", crop_pct=1.0, input_size=(384, 384)),
+        _timm(arch, "sail_in22k_ft_in1k", crop_pct=1.0),
+        _timm(arch, "sail_in22k_ft_in1k_384", crop_pct=1.0, input_size=(384, 384)),
+        _timm(arch, "sail_in22k", crop_pct=1.0, num_classes=21841),
+    ]
+
+
 _CONFIGS = [
     _timm("poolformer_s12", "sail_in1k", crop_pct=0.9),
     _timm("poolformer_s24", "sail_in1k", crop_pct=0.9),
     _timm("poolformer_s36", "sail_in1k", crop_pct=0.9),
     _timm("poolformer_m36", "sail_in1k", crop_pct=0.95),
     _timm("poolformer_m48", "sail_in1k", crop_pct=0.95),
+    *[_timm(f"poolformerv2_{size}", "sail_in1k", crop_pct=1.0) for size in ("s12", "s24", "s36", "m36", "m48")],
+    *[config for size in ("s18", "s36", "m36", "b36") for config in _baseline_tags(f"convformer_{size}")],
+    *[config for size in ("s18", "s36", "m36", "b36") for config in _baseline_tags(f"caformer_{size}")],
 ]
+
+# Published by the authors only, as PyTorch pickles: they need torch to read
+# (recipes/convert_authors_checkpoint.py), so no builder downloads them.
+AUTHORS_ONLY_WEIGHTS = {
+    f"{family}_{size}": f"https://huggingface.co/sail/dl/resolve/main/{family}/{family}_{size}.pth"
+    for family in ("identityformer", "randformer")
+    for size in ("s12", "s24", "s36", "m36", "m48")
+}
 
 PRETRAINED_CONFIGS = {config.name: config for config in _CONFIGS}
 

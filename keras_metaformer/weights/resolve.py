@@ -3,6 +3,7 @@
 import os
 
 from keras_metaformer.weights.download import fetch_pretrained_state
+from keras_metaformer.weights.pretrained_configs import AUTHORS_ONLY_WEIGHTS
 from keras_metaformer.weights.pretrained_configs import IMAGENET_ALIAS
 from keras_metaformer.weights.pretrained_configs import PretrainedConfig
 from keras_metaformer.weights.pretrained_configs import available_weights
@@ -35,6 +36,14 @@ def resolve_weights(weights, arch):
                     "`.weights.h5` / `.keras` file."
                 )
             return weights
+    if weights == IMAGENET_ALIAS and arch in AUTHORS_ONLY_WEIGHTS:
+        raise ValueError(
+            f"timm publishes no weights for {arch}, so weights='imagenet' cannot "
+            f"be downloaded. The authors' checkpoint is a PyTorch pickle, "
+            f"{AUTHORS_ONLY_WEIGHTS[arch]}: download it, convert it with "
+            "`python recipes/convert_authors_checkpoint.py FILE.pth OUT.safetensors` "
+            "(needs torch), and pass weights='OUT.safetensors'."
+        )
     names = [None, IMAGENET_ALIAS, *tags] if tags else [None]
     raise ValueError(
         f"Invalid `weights`: {weights!r} is neither a known weight name nor "

@@ -1,4 +1,4 @@
-"""Loads timm (and the authors' original) PoolFormer checkpoints into Keras.
+"""Loads timm (and the authors' original) MetaFormer checkpoints into Keras.
 
 Conversion is pure name mapping on NumPy arrays: each Keras variable path
 (`stage1_block0/mlp/fc1/kernel`) names its checkpoint key
@@ -31,7 +31,12 @@ _VARIABLE_NAMES = {
     "scale": "scale",
     "moving_mean": "running_mean",
     "moving_variance": "running_var",
+    "random_matrix": "random_matrix",
 }
+# Tensors stored in the same layout by PyTorch and Keras, whatever their rank.
+_SAME_LAYOUT = (".random_matrix",)
+# Random-number state of stochastic layers: not part of any checkpoint.
+_SEED_STATE = "seed_generator_state"
 HEAD_PREFIX = "head."
 _MAX_LISTED = 12
 
@@ -90,27 +95,50 @@ def _authors_downsample(match):
     return f"stages.{stage}.downsample.conv."
 
 
-# The authors' PoolFormer v1 keys: `network` interleaves stages (even
-# indices) with downsampling layers (odd indices).
-_AUTHORS_RULES = (
+# Both of the authors' formats end in the same head names. Rules apply in
+# order to each key, so `head.` goes first: `norm.` -> `head.norm.` must not
+# be renamed again.
+_AUTHORS_HEAD_RULES = (
+    (re.compile(r"^head\."), "head.fc."),
+    (re.compile(r"^norm\."), "head.norm."),
+)
+# sail-sg/poolformer (v1): `network` interleaves stages (even indices) with
+# downsampling layers (odd indices).
+_AUTHORS_V1_RULES = (
     (re.compile(r"^patch_embed\.proj\."), "stem.conv."),
     (re.compile(r"^network\.(\d*[13579])\.proj\."), _authors_downsample),
     (re.compile(r"^network\.(\d*[02468])\.(\d+)\."), _authors_block),
     (re.compile(r"\.layer_scale_(\d)$"), r".layer_scale\1.scale"),
-    (re.compile(r"^norm\."), "head.norm."),
-    (re.compile(r"^head\.(weight|bias)$"), r"head.fc.\1"),
+    *_AUTHORS_HEAD_RULES,
+)
+# sail-sg/metaformer (the baselines): `downsample_layers.0` is the stem.
+_AUTHORS_BASELINE_RULES = (
+    (re.compile(r"^downsample_layers\.0\."), "stem."),
+    (re.compile(r"^downsample_layers\.(\d+)\."), r"stages.\1.downsample."),
+    (re.compile(r"\.(pre_norm|post_norm)\."), ".norm."),
+    (re.compile(r"^stages\.(\d+)\.(\d+)\."), r"stages.\1.blocks.\2."),
+    *_AUTHORS_HEAD_RULES,
 )
 
 
 def is_authors_format(state_dict):
-    return any(key.startswith(("network.", "patch_embed.")) for key in state_dict)
+    return any(
+        key.startswith(("network.", "patch_embed.", "downsample_layers.")) for key in state_dict
+    )
 
 
 def authors_to_timm_keys(state_dict):
-    """Renames the authors' PoolFormer v1 keys (`network.N...`) to timm's."""
+    """Renames the authors' keys to timm's.
+
+    Handles sail-sg/poolformer's PoolFormer v1 checkpoints (`network.N...`)
+    and sail-sg/metaformer's baselines (`downsample_layers.N...`,
+    `stages.N.M...`), including IdentityFormer and RandFormer.
+    """
+    v1 = any(key.startswith(("network.", "patch_embed.")) for key in state_dict)
+    rules = _AUTHORS_V1_RULES if v1 else _AUTHORS_BASELINE_RULES
     renamed = {}
     for key, value in state_dict.items():
-        for pattern, replacement in _AUTHORS_RULES:
+        for pattern, replacement in rules:
             key = pattern.sub(replacement, key)
         renamed[key] = value
     return renamed
@@ -131,6 +159,8 @@ def timm_key_map(model):
             continue
         prefix = _timm_prefix(layer.name)
         for variable in layer.weights:
+            if variable.path.endswith(_SEED_STATE):
+                continue
             parts = variable.path.split("/")
             relative = parts[parts.index(layer.name) + 1 :]
             if prefix is None or relative[-1] not in _VARIABLE_NAMES:
@@ -149,14 +179,19 @@ def timm_key_map(model):
     return mapping
 
 
-def to_keras_layout(array, shape):
-    """Moves a PyTorch tensor to Keras' layout for a variable of `shape`.
+def to_keras_layout(array, shape, key=""):
+    """Moves the PyTorch tensor `key` to Keras' layout for a variable of `shape`.
 
     Returns `None` if the array cannot take that shape.
     """
     shape = tuple(shape)
-    if len(shape) == 4 and array.ndim == 4:
-        array = array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    if key.endswith(_SAME_LAYOUT):
+        pass
+    elif len(shape) == 4 and array.ndim == 4:
+        if shape[3] == 1 and array.shape[1] == 1:
+            array = array.transpose(2, 3, 0, 1)  # depthwise (C, 1, H, W) -> (H, W, C, 1)
+        else:
+            array = array.transpose(2, 3, 1, 0)  # OIHW -> HWIO
     elif len(shape) == 2:
         if array.ndim == 4 and array.shape[2:] == (1, 1):
             array = array[:, :, 0, 0]  # 1x1 conv (O, I, 1, 1) -> linear (O, I)
@@ -225,7 +260,7 @@ def load_timm_weights(model, source):
     values, mismatched = {}, []
     for key in sorted(set(targets) & set(state)):
         variable = targets[key]
-        value = to_keras_layout(state[key], variable.shape)
+        value = to_keras_layout(state[key], variable.shape, key)
         if value is None:
             mismatched.append(
                 f"{key}: checkpoint {tuple(state[key].shape)}, model "

@@ -1,22 +1,31 @@
 """Generates the PyTorch-reference fixtures of the parity tests, with timm.
 
-For each PoolFormer variant this writes, from timm's own modules:
-- `tests/fixtures/poolformer_keys.json`: the full-size model's checkpoint
-  keys and shapes, its parameter count, and the authors' original key of
-  every tensor (checked by running timm's `checkpoint_filter_fn` on it);
-- `tests/fixtures/poolformer_<v>_tiny.safetensors`: random weights of a
-  reduced-width model of the same depths and key names, every tensor
-  randomised (layer scales and norm affines included);
-- `tests/fixtures/poolformer_<v>_tiny_io.npz`: input images and timm's
-  logits and final feature map for them.
+For every MetaFormer architecture (PoolFormer v1 and v2, IdentityFormer,
+RandFormer, ConvFormer, CAFormer; all sizes) this writes, from timm's own
+modules:
+- `tests/fixtures/timm_keys.json`: the full-size model's checkpoint keys
+  and shapes, its parameter count, the authors' original key of every
+  tensor (checked by running timm's `checkpoint_filter_fn` on it), and the
+  keys and shapes of a reduced-width model of the same depths and names;
+- `tests/fixtures/<arch>_tiny_io.npz`: input images and timm's logits and
+  final feature map for them (`_tiny_384_io.npz`: at 384x384), with the
+  reduced model's weights from `reference_weights.py`: every tensor
+  pseudo-random (layer scales, residual scales, StarReLU scalars and norm
+  affines included), recomputed by the tests rather than committed.
 
-With `--full DIR` it instead writes full-size random weights and outputs at
-224x224 into DIR, for `recipes/check_parity.py` (about 1 GB for all five).
+Architectures are built with the arguments of timm's registered functions
+(captured, not copied). timm has no IdentityFormer or RandFormer: they are
+timm's `MetaFormer` with the authors' mixers (identity; a frozen softmax of
+a uniform random matrix, per sail-sg/metaformer), with PoolFormerV2's
+arguments otherwise.
+
+With `--full DIR` it instead writes full-size PoolFormer v1 random weights
+and outputs at 224x224 into DIR, for `recipes/check_parity.py` (743 MB).
 
 Set-up (REFERENCE.md §5: timm's torchvision import is stubbed below, as the
 MetaFormer models never use torchvision):
     python -m venv /tmp/ref && /tmp/ref/bin/pip install torch==2.13.0 \
-        safetensors pyyaml huggingface_hub && \
+        safetensors pyyaml huggingface_hub pillow && \
         /tmp/ref/bin/pip install --no-deps timm==1.0.31
 Commands:
     /tmp/ref/bin/python tests/reference/make_timm_fixtures.py
@@ -27,7 +36,6 @@ import argparse
 import importlib.abc
 import importlib.machinery
 import json
-import math
 import os
 import re
 import sys
@@ -35,11 +43,27 @@ import types
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reference_weights import reference_weights  # noqa: E402
+
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 VARIANTS = ("s12", "s24", "s36", "m36", "m48")
-TINY_DIMS = (16, 24, 32, 40)
+SIZES = {
+    "poolformer": VARIANTS,
+    "poolformerv2": VARIANTS,
+    "identityformer": VARIANTS,
+    "randformer": VARIANTS,
+    "convformer": ("s18", "s36", "m36", "b36"),
+    "caformer": ("s18", "s36", "m36", "b36"),
+}
+# Widths of the reduced models: they must grow (timm drops the downsampling
+# of a stage that keeps its width) and attention needs multiples of 32 (one
+# head in stage 3, two in stage 4).
+TINY_DIMS = (8, 16, 32, 64)
 TINY_CLASSES = 10
 TINY_IMAGE_SHAPE = (2, 67, 93, 3)  # odd, non-square: exercises the padding
+LARGE_IMAGE_SHAPE = (1, 384, 384, 3)
+LARGE_INPUT_ARCHS = ("convformer_s18", "caformer_s18")
 FULL_IMAGE_SHAPE = (2, 224, 224, 3)
 MEAN = np.array([0.485, 0.456, 0.406], "float32")
 STD = np.array([0.229, 0.224, 0.225], "float32")
@@ -90,54 +114,88 @@ def _import_timm():
     return timm, torch, metaformer
 
 
-def timm_to_authors_key(key):
-    """The authors' name of a timm PoolFormer v1 key (inverse of timm's filter)."""
-    rules = (
-        (r"^stem\.conv\.", "patch_embed.proj."),
-        (r"^stages\.(\d+)\.downsample\.conv\.", lambda m: f"network.{2 * int(m[1]) - 1}.proj."),
-        (r"\.layer_scale(\d)\.scale$", r".layer_scale_\1"),
-        (r"^stages\.(\d+)\.blocks\.(\d+)\.", lambda m: f"network.{2 * int(m[1])}.{m[2]}."),
-        (r"^head\.norm\.", "norm."),
-        (r"^head\.fc\.", "head."),
-    )
+def timm_to_authors_key(key, v1):
+    """The authors' name of a timm key (the inverse of timm's filter)."""
+    if v1:  # sail-sg/poolformer
+        rules = (
+            (r"^stem\.conv\.", "patch_embed.proj."),
+            (r"^stages\.(\d+)\.downsample\.conv\.", lambda m: f"network.{2 * int(m[1]) - 1}.proj."),
+            (r"\.layer_scale(\d)\.scale$", r".layer_scale_\1"),
+            (r"^stages\.(\d+)\.blocks\.(\d+)\.", lambda m: f"network.{2 * int(m[1])}.{m[2]}."),
+        )
+    else:  # sail-sg/metaformer
+        rules = (
+            (r"^stem\.conv\.", "downsample_layers.0.conv."),
+            (r"^stem\.norm\.", "downsample_layers.0.post_norm."),
+            (r"^stages\.(\d+)\.downsample\.norm\.", r"downsample_layers.\1.pre_norm."),
+            (r"^stages\.(\d+)\.downsample\.conv\.", r"downsample_layers.\1.conv."),
+            (r"^stages\.(\d+)\.blocks\.(\d+)\.", r"stages.\1.\2."),
+        )
+    rules += ((r"^head\.norm\.", "norm."), (r"^head\.fc\.", "head."))
     for pattern, replacement in rules:
         key = re.sub(pattern, replacement, key)
     return key
 
 
-def _tiny_model(metaformer, torch, variant, full):
-    """timm's MetaFormer with the variant's arguments and reduced widths."""
-    layer_scale = {"s12": 1e-5, "s24": 1e-5}.get(variant, 1e-6)
-    depths = [len(stage.blocks) for stage in full.stages]
-    return metaformer.MetaFormer(
-        depths=depths,
-        dims=TINY_DIMS,
-        num_classes=TINY_CLASSES,
-        downsample_norm=None,
-        mlp_act=torch.nn.GELU,
-        mlp_bias=True,
-        norm_layers=metaformer.GroupNorm1,
-        layer_scale_init_values=layer_scale,
-        res_scale_init_values=None,
-        use_mlp_head=False,
-    )
+def _random_mixing_class(torch, num_tokens):
+    """The authors' RandomMixing for `num_tokens` positions, NCHW like timm."""
+
+    class RandomMixing(torch.nn.Module):
+        def __init__(self, **kwargs):
+            super().__init__()
+            self.random_matrix = torch.nn.Parameter(
+                torch.softmax(torch.rand(num_tokens, num_tokens), dim=-1), requires_grad=False
+            )
+
+        def forward(self, x):
+            batch, channels, height, width = x.shape
+            tokens = x.reshape(batch, channels, height * width)
+            mixed = torch.einsum("mn,bcn->bcm", self.random_matrix, tokens)
+            return mixed.reshape(batch, channels, height, width)
+
+    return RandomMixing
 
 
-def randomize(model, torch, seed):
-    """Replaces every tensor with seeded random values of a sensible scale."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, tensor in model.state_dict().items():
-        if tensor.ndim > 1:  # conv and linear weights: unit-variance outputs
-            fan_in = tensor[0].numel()
-            value = torch.randn(tensor.shape, generator=generator) / math.sqrt(fan_in)
-        elif name.endswith(".bias"):
-            value = 0.1 * torch.randn(tensor.shape, generator=generator)
-        else:  # norm scales and layer scales
-            value = 0.5 + torch.rand(tensor.shape, generator=generator)
-        state[name] = value.float()
-    model.load_state_dict(state)
-    return {k: v.numpy() for k, v in state.items()}
+def _stage_tokens(image_shape):
+    """Positions in stages 3 and 4 for an input of `image_shape`."""
+    sizes = [(side + 4 - 7) // 4 + 1 for side in image_shape[1:3]]
+    tokens = []
+    for _ in range(3):
+        sizes = [(side + 2 - 3) // 2 + 1 for side in sizes]
+        tokens.append(sizes[0] * sizes[1])
+    return tokens[1:]
+
+
+def timm_arguments(metaformer, torch, family, size, image_shape):
+    """timm's `MetaFormer` arguments for an architecture, captured from its
+    registered function."""
+    captured = {}
+    original = metaformer._create_metaformer
+    metaformer._create_metaformer = lambda variant, pretrained=False, **kw: captured.update(kw)
+    try:
+        source = "poolformerv2" if family in ("identityformer", "randformer") else family
+        getattr(metaformer, f"{source}_{size}")()
+    finally:
+        metaformer._create_metaformer = original
+    if family == "identityformer":
+        captured["token_mixers"] = torch.nn.Identity
+    if family == "randformer":
+        stage3, stage4 = _stage_tokens(image_shape)
+        captured["token_mixers"] = [
+            torch.nn.Identity,
+            torch.nn.Identity,
+            _random_mixing_class(torch, stage3),
+            _random_mixing_class(torch, stage4),
+        ]
+    return captured
+
+
+def set_reference_weights(model, torch, arch):
+    """Loads `reference_weights.py`'s tensors into a timm model."""
+    shapes = [(k, list(t.shape)) for k, t in model.state_dict().items()]
+    state = reference_weights(arch, shapes)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    return shapes
 
 
 def reference_outputs(model, torch, images):
@@ -161,11 +219,10 @@ def _images(shape, seed):
     return rng.integers(0, 256, size=shape).astype("uint8")
 
 
-def _check_authors_keys(metaformer, model):
+def _check_authors_keys(metaformer, model, v1):
     """Maps authors' keys to timm's, checked against timm's own converter."""
     state = model.state_dict()
-    authors = {timm_to_authors_key(k): v for k, v in state.items()}
-    assert "network.0.0.mlp.fc1.weight" in authors, sorted(authors)[:5]
+    authors = {timm_to_authors_key(k, v1): v for k, v in state.items()}
     # The filter renames key by key, in order: the i-th authors' key must
     # come back as the i-th timm key.
     back = metaformer.checkpoint_filter_fn(authors, model)
@@ -174,28 +231,33 @@ def _check_authors_keys(metaformer, model):
 
 
 def write_fixtures():
-    from safetensors.numpy import save_file
-
     timm, torch, metaformer = _import_timm()
     keys = {}
-    for seed, variant in enumerate(VARIANTS):
-        full = timm.create_model(f"poolformer_{variant}", pretrained=False)
-        full_state = full.state_dict()
-        tiny = _tiny_model(metaformer, torch, variant, full)
-        assert list(tiny.state_dict()) == list(full_state), "key lists differ"
-        state = randomize(tiny, torch, seed)
-        keys[variant] = {
-            "params": int(sum(t.numel() for t in full.parameters())),
-            "timm": [[k, list(t.shape)] for k, t in full_state.items()],
-            "authors_to_timm": _check_authors_keys(metaformer, tiny),
-        }
-        save_file(state, os.path.join(FIXTURES, f"poolformer_{variant}_tiny.safetensors"))
-        outputs = reference_outputs(tiny, torch, _images(TINY_IMAGE_SHAPE, seed))
-        outputs["dims"] = np.array(TINY_DIMS)
-        outputs["depths"] = np.array([len(s.blocks) for s in full.stages])
-        np.savez_compressed(os.path.join(FIXTURES, f"poolformer_{variant}_tiny_io.npz"), **outputs)
-        print(f"{variant}: {len(state)} tensors, {keys[variant]['params']:,} params (full size)")
-    with open(os.path.join(FIXTURES, "poolformer_keys.json"), "w") as f:
+    seed = 0
+    for family, sizes in SIZES.items():
+        for size in sizes:
+            arch = f"{family}_{size}"
+            full = metaformer.MetaFormer(**timm_arguments(metaformer, torch, family, size, FULL_IMAGE_SHAPE))
+            arguments = timm_arguments(metaformer, torch, family, size, TINY_IMAGE_SHAPE)
+            arguments.update(dims=TINY_DIMS, num_classes=TINY_CLASSES)
+            tiny = metaformer.MetaFormer(**arguments)
+            assert list(tiny.state_dict()) == list(full.state_dict()), "key lists differ"
+            tiny_shapes = set_reference_weights(tiny, torch, arch)
+            keys[arch] = {
+                "params": int(sum(t.numel() for t in full.parameters() if t.requires_grad)),
+                "timm": [[k, list(t.shape)] for k, t in full.state_dict().items()],
+                "tiny": tiny_shapes,
+                "authors_to_timm": _check_authors_keys(metaformer, tiny, family == "poolformer"),
+            }
+            outputs = reference_outputs(tiny, torch, _images(TINY_IMAGE_SHAPE, seed))
+            outputs["dims"] = np.array(arguments["dims"])
+            np.savez_compressed(os.path.join(FIXTURES, f"{arch}_tiny_io.npz"), **outputs)
+            if arch in LARGE_INPUT_ARCHS:
+                large = reference_outputs(tiny, torch, _images(LARGE_IMAGE_SHAPE, seed))
+                np.savez_compressed(os.path.join(FIXTURES, f"{arch}_tiny_384_io.npz"), **large)
+            print(f"{arch}: {len(tiny_shapes)} tensors, {keys[arch]['params']:,} trainable params (full size)")
+            seed += 1
+    with open(os.path.join(FIXTURES, "timm_keys.json"), "w") as f:
         json.dump(keys, f, indent=1)
     print(f"torch {torch.__version__}, timm {timm.__version__}")
 
@@ -207,7 +269,8 @@ def write_full(directory):
     os.makedirs(directory, exist_ok=True)
     for seed, variant in enumerate(VARIANTS):
         model = timm.create_model(f"poolformer_{variant}", pretrained=False)
-        state = randomize(model, torch, 100 + seed)
+        set_reference_weights(model, torch, f"poolformer_{variant}")
+        state = {k: t.numpy() for k, t in model.state_dict().items()}
         save_file(state, os.path.join(directory, f"poolformer_{variant}.safetensors"))
         outputs = reference_outputs(model, torch, _images(FULL_IMAGE_SHAPE, 100 + seed))
         np.savez(os.path.join(directory, f"poolformer_{variant}_io.npz"), **outputs)

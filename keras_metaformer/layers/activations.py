@@ -1,0 +1,80 @@
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_metaformer")
+def squared_relu(x):
+    """`relu(x) ** 2` (So et al., "Primer", NeurIPS 2021).
+
+    Example:
+
+    >>> float(squared_relu(keras.ops.convert_to_tensor(-1.0)))
+    0.0
+    >>> float(squared_relu(keras.ops.convert_to_tensor(3.0)))
+    9.0
+    """
+    return ops.square(ops.relu(x))
+
+
+@keras.saving.register_keras_serializable(package="keras_metaformer")
+class StarReLU(keras.layers.Layer):
+    """StarReLU: `scale * relu(x) ** 2 + bias`, with learnable scalars.
+
+    The MetaFormer baselines' activation. The scalars (initially 1 and 0)
+    let the squared ReLU's output distribution be re-centred and rescaled.
+
+    Reference: Yu et al., "MetaFormer Baselines for Vision", TPAMI 2024.
+
+    Args:
+        scale_init_value: float, initial `scale`.
+        bias_init_value: float, initial `bias`.
+        **kwargs: base layer arguments such as `name` and `dtype`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y = StarReLU(scale_init_value=2.0, bias_init_value=0.5)(np.array([[-1.0, 3.0]]))
+    >>> keras.ops.convert_to_numpy(y).tolist()
+    [[0.5, 18.5]]
+    """
+
+    def __init__(self, scale_init_value=1.0, bias_init_value=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.scale_init_value = scale_init_value
+        self.bias_init_value = bias_init_value
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(
+            name="scale",
+            shape=(1,),
+            initializer=keras.initializers.Constant(self.scale_init_value),
+        )
+        self.bias = self.add_weight(
+            name="bias",
+            shape=(1,),
+            initializer=keras.initializers.Constant(self.bias_init_value),
+        )
+
+    def call(self, inputs):
+        return self.scale * squared_relu(inputs) + self.bias
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "scale_init_value": self.scale_init_value,
+                "bias_init_value": self.bias_init_value,
+            }
+        )
+        return config
+
+
+def get_activation_layer(activation, name, dtype=None):
+    """A layer for `activation`: `StarReLU` for `"star_relu"` (it has
+    weights), else a plain `Activation` layer."""
+    if activation == "star_relu":
+        return StarReLU(name=name, dtype=dtype)
+    return keras.layers.Activation(activation, name=name, dtype=dtype)

@@ -1,0 +1,83 @@
+import keras
+
+from keras_metaformer.layers.activations import StarReLU
+from keras_metaformer.layers.token_mixers import register_token_mixer
+
+
+@register_token_mixer("sepconv")
+@keras.saving.register_keras_serializable(package="keras_metaformer")
+class SepConvMixer(keras.layers.Layer):
+    """ConvFormer's token mixer: an inverted separable convolution.
+
+    `Dense(expansion_ratio * C) -> StarReLU -> 7x7 depthwise conv ->
+    Dense(C)`, as in MobileNetV2's inverted bottleneck. The depthwise
+    convolution has stride 1 and an odd kernel, so Keras' "same" padding is
+    symmetric and equals the reference's `padding=kernel_size // 2`.
+
+    Reference: Yu et al., "MetaFormer Baselines for Vision", TPAMI 2024.
+
+    Args:
+        expansion_ratio: float, hidden width relative to the input channels.
+        kernel_size: odd int, side of the depthwise kernel.
+        use_bias: bool, whether the three convolutions have biases.
+        **kwargs: base layer arguments such as `name` and `dtype`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> mixer = SepConvMixer()
+    >>> y = mixer(np.zeros((2, 14, 14, 16), "float32"))
+    >>> tuple(y.shape), tuple(mixer.dwconv.kernel.shape)
+    ((2, 14, 14, 16), (7, 7, 32, 1))
+    """
+
+    def __init__(self, expansion_ratio=2.0, kernel_size=7, use_bias=False, **kwargs):
+        super().__init__(**kwargs)
+        if kernel_size % 2 == 0:
+            raise ValueError(
+                "`kernel_size` must be odd so that the padding is symmetric. "
+                f"Received: kernel_size={kernel_size}"
+            )
+        self.expansion_ratio = expansion_ratio
+        self.kernel_size = kernel_size
+        self.use_bias = use_bias
+        self.act1 = StarReLU(name="act1", dtype=self.dtype_policy)
+        self.dwconv = keras.layers.DepthwiseConv2D(
+            kernel_size,
+            padding="same",
+            use_bias=use_bias,
+            dtype=self.dtype_policy,
+            name="dwconv",
+        )
+
+    def build(self, input_shape):
+        hidden = int(self.expansion_ratio * input_shape[-1])
+        self.pwconv1 = keras.layers.Dense(
+            hidden, use_bias=self.use_bias, dtype=self.dtype_policy, name="pwconv1"
+        )
+        self.pwconv2 = keras.layers.Dense(
+            input_shape[-1], use_bias=self.use_bias, dtype=self.dtype_policy, name="pwconv2"
+        )
+        hidden_shape = (*input_shape[:-1], hidden)
+        self.pwconv1.build(input_shape)
+        self.act1.build(hidden_shape)
+        self.dwconv.build(hidden_shape)
+        self.pwconv2.build(hidden_shape)
+
+    def call(self, inputs):
+        x = self.act1(self.pwconv1(inputs))
+        return self.pwconv2(self.dwconv(x))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "expansion_ratio": self.expansion_ratio,
+                "kernel_size": self.kernel_size,
+                "use_bias": self.use_bias,
+            }
+        )
+        return config
