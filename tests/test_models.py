@@ -8,6 +8,9 @@ import keras_metaformer
 from conftest import full_size_model
 from keras_metaformer.models import BUILDERS
 from keras_metaformer.models import POOLFORMER_VARIANTS
+from keras_metaformer.models.variants import architecture
+
+FAMILIES_WITH_S12 = ("poolformer", "poolformerv2", "identityformer", "randformer")
 
 
 def tiny_model(**kwargs):
@@ -229,3 +232,40 @@ def test_mismatched_stage_arguments_are_refused():
         keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16, 32), weights=None)
     with pytest.raises(ValueError, match="one value or one per stage"):
         keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), token_mixers=["pool"], weights=None)
+
+
+def test_generic_builder_composes_the_papers_hybrids():
+    model = keras_metaformer.MetaFormer(
+        depths=(1, 1, 2, 1), dims=(16, 32, 64, 96), token_mixers=["pool", "pool", "attention", "attention"],
+        norm=["group", "group", "layer", "layer"], weights=None, classes=7, input_shape=(64, 64, 3),
+    )
+    mixers = {layer.name: type(layer.token_mixer).__name__ for layer in model.layers if "_block" in layer.name}
+    assert mixers["stage1_block0"] == "PoolMixer" and mixers["stage2_block1"] == "AttentionMixer"
+    assert isinstance(model.get_layer("stage3_block0").norm1, keras.layers.LayerNormalization)
+    assert model.get_layer("stage3_block0").token_mixer.num_heads == 3
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    history = model.fit(x, np.array([1, 2]), verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    restored.set_weights(model.get_weights())
+    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["poolformerv2", "randformer", "convformer", "caformer"])
+def test_baseline_families_train_and_round_trip(family, tmp_path):
+    """Each family's architecture, at reduced widths and depths for speed."""
+    arguments = architecture(family, "s12" if family in FAMILIES_WITH_S12 else "s18")
+    arguments.update(depths=(1, 1, 2, 1), dims=(8, 16, 32, 64), drop_path_rate=0.1)
+    model = keras_metaformer.MetaFormer(**arguments, weights=None, classes=3, input_shape=(64, 64, 3))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    model.compile("adam", "sparse_categorical_crossentropy")
+    assert np.isfinite(model.fit(x, np.array([0, 2]), verbose=0).history["loss"]).all()
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_randformer_needs_its_input_size():
+    with pytest.raises(ValueError, match="height x width = num_tokens"):
+        keras_metaformer.RandFormerS12(weights=None, include_top=False)

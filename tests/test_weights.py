@@ -7,6 +7,7 @@ timm's own modules, with the pseudo-random weights of
 
 import functools
 import http.server
+import os
 import threading
 
 import keras
@@ -386,3 +387,47 @@ def test_offline_download_names_the_url_and_the_local_file_option(keras_home):
 def test_a_missing_file_on_the_server_is_reported(weight_server):
     with pytest.raises(OSError, match="404"):
         keras_metaformer.PoolFormerS12(weights="imagenet")
+
+
+# --- Weight tags of the baselines ---------------------------------------------
+
+
+def test_baseline_tags_carry_their_input_size_and_classes():
+    config = keras_metaformer.get_pretrained_config("caformer_s18", "sail_in22k_ft_in1k_384")
+    assert (config.input_size, config.crop_pct, config.num_classes) == ((384, 384), 1.0, 1000)
+    assert keras_metaformer.get_pretrained_config("convformer_b36", "sail_in22k").num_classes == 21841
+    assert keras_metaformer.available_weights("convformer_s18") == [
+        "sail_in1k", "sail_in1k_384", "sail_in22k_ft_in1k", "sail_in22k_ft_in1k_384", "sail_in22k",
+    ]
+    assert keras_metaformer.available_weights("poolformerv2_m48") == ["sail_in1k"]
+    assert config.url.endswith("/timm/caformer_s18.sail_in22k_ft_in1k_384/resolve/main/model.safetensors")
+
+
+def test_a_tag_selects_its_input_size_and_class_count(keras_home):
+    # The tag's checks run before the download, which fails offline.
+    with pytest.raises(ValueError, match=r"21841-class head.*Received: classes=1000"):
+        keras_metaformer.ConvFormerS18(weights="sail_in22k")
+    with pytest.raises(OSError, match="caformer_s18.sail_in1k_384"):
+        keras_metaformer.CAFormerS18(weights="sail_in1k_384")
+
+
+@pytest.mark.parametrize("builder", [keras_metaformer.IdentityFormerS12, keras_metaformer.RandFormerM48])
+def test_imagenet_weights_of_authors_only_families_explain_the_converter(builder):
+    with pytest.raises(ValueError, match=r"timm publishes no weights.*sail/dl/resolve/main/.*convert_authors_checkpoint.py"):
+        builder(weights="imagenet")
+
+
+def test_authors_checkpoint_conversion_without_torch_tensors(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "convert", os.path.join(os.path.dirname(__file__), "..", "recipes", "convert_authors_checkpoint.py")
+    )
+    convert = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(convert)
+    timm_state = tiny_state("randformer_s12")
+    authors = {"module." + a: timm_state[t] for a, t in TIMM_KEYS["randformer_s12"]["authors_to_timm"].items()}
+    state = keras_metaformer.weights.authors_to_timm_keys(convert.to_numpy_state({"model": authors}))
+    assert set(state) == set(timm_state)
+    model = keras_metaformer.load_timm_weights(tiny_model("randformer_s12"), state)
+    _assert_matches_timm(model, reference("randformer_s12"))
