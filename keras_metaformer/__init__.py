@@ -31,6 +31,7 @@ from keras_metaformer.layers import SepConvMixer
 from keras_metaformer.layers import StarReLU
 from keras_metaformer.models import BUILDERS
 from keras_metaformer.models import MetaFormer
+from keras_metaformer.models import pyramid_outputs
 from keras_metaformer.models import CAFormerB36
 from keras_metaformer.models import CAFormerM36
 from keras_metaformer.models import CAFormerS18
@@ -103,6 +104,7 @@ __all__ = [
     "PoolFormerV2S36",
     "PoolMixer",
     "PretrainedConfig",
+    "pyramid_outputs",
     "RandFormerM36",
     "RandFormerM48",
     "RandFormerS12",

@@ -32,6 +32,7 @@ from keras_metaformer.models.builders import RandFormerS12
 from keras_metaformer.models.builders import RandFormerS24
 from keras_metaformer.models.builders import RandFormerS36
 from keras_metaformer.models.metaformer import MetaFormer
+from keras_metaformer.models.metaformer import pyramid_outputs
 from keras_metaformer.models.variants import FAMILIES
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "MetaFormer",
     "POOLFORMER_BUILDERS",
     "POOLFORMER_VARIANTS",
+    "pyramid_outputs",
     "PoolFormerM36",
     "PoolFormerM48",
     "PoolFormerS12",

@@ -327,5 +327,36 @@ def build_metaformer(
     if input_tensor is not None:
         inputs = keras.utils.get_source_inputs(input_tensor)
     model = keras.Model(inputs, x, name=name)
+    model.pyramid_outputs = pyramid_outputs(model)
     load_weights(model, checkpoint)
     return model
+
+
+def pyramid_layer_names(model):
+    """`{"P2": layer name, ..., "P5": ...}`: each stage's last block.
+
+    Level `Pk` has stride `2**k` (P2: 4, P3: 8, P4: 16, P5: 32).
+    """
+    last_blocks = {}
+    for layer in model.layers:
+        if "_block" in layer.name and layer.name.startswith("stage"):
+            stage = int(layer.name[len("stage") : layer.name.index("_")])
+            last_blocks[stage] = layer.name
+    return {f"P{stage + 2}": name for stage, name in sorted(last_blocks.items())}
+
+
+def pyramid_outputs(model):
+    """`{"P2": tensor, ..., "P5": tensor}`: the stage outputs of a model.
+
+    The builders also set this as `model.pyramid_outputs`; the function
+    serves models reloaded from a `.keras` file, which lose the attribute.
+
+    Example:
+
+    >>> import keras, keras_metaformer
+    >>> backbone = keras_metaformer.PoolFormerS12(weights=None, include_top=False)
+    >>> features = keras.Model(backbone.inputs, pyramid_outputs(backbone))
+    >>> {k: tuple(v.shape) for k, v in features.output.items()}
+    {'P2': (None, None, None, 64), 'P3': (None, None, None, 128), 'P4': (None, None, None, 320), 'P5': (None, None, None, 512)}
+    """
+    return {level: model.get_layer(name).output for level, name in pyramid_layer_names(model).items()}
