@@ -43,18 +43,24 @@ def build_backbone(arch, weights, smoke, input_shape=(None, None, 3)):
     return KerasCVBackbone(model)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_arguments(argv, description, output):
+    """The options both shapes recipes take."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--arch", default="poolformer_s12", choices=sorted(keras_metaformer.BUILDERS))
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--output", default="outputs/detect_shapes")
+    parser.add_argument("--output", default=output)
     parser.add_argument("--smoke", action="store_true", help="one step on 4 images (CI)")
     args = parser.parse_args(argv)
-    socket.setdefaulttimeout(30)
+    socket.setdefaulttimeout(30)  # fail fast rather than hang offline
     if args.smoke:
         args.epochs, args.images = 1, 4
+    return args
+
+
+def main(argv=None):
+    args = parse_arguments(argv, __doc__.split("\n")[0], "outputs/detect_shapes")
 
     images, boxes, classes, _ = make_shapes(args.images, size=64 if args.smoke else 128)
     detector = keras_cv.models.RetinaNet(

@@ -9,10 +9,8 @@ Result:    writes `outputs/segment_shapes/history.csv` and the trained weights,
 Needs:     keras-cv (`pip install -e ".[recipes]"`).
 """
 
-import argparse
 import csv
 import os
-import socket
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -20,24 +18,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras  # noqa: E402
 import keras_cv  # noqa: E402
 
-import keras_metaformer  # noqa: E402
 from detect_shapes import build_backbone  # noqa: E402
+from detect_shapes import parse_arguments  # noqa: E402
 from synthetic_shapes import CLASS_NAMES  # noqa: E402
 from synthetic_shapes import make_shapes  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", default="poolformer_s12", choices=sorted(keras_metaformer.BUILDERS))
-    parser.add_argument("--weights", default="imagenet")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--output", default="outputs/segment_shapes")
-    parser.add_argument("--smoke", action="store_true", help="one step on 4 images (CI)")
-    args = parser.parse_args(argv)
-    socket.setdefaulttimeout(30)
-    if args.smoke:
-        args.epochs, args.images = 1, 4
+    args = parse_arguments(argv, __doc__.split("\n")[0], "outputs/segment_shapes")
 
     size = 64 if args.smoke else 128
     images, _, _, masks = make_shapes(args.images, size=size)

@@ -3,7 +3,6 @@
 import importlib.util
 import os
 
-import keras
 import numpy as np
 import pytest
 

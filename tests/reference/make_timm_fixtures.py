@@ -19,8 +19,9 @@ timm's `MetaFormer` with the authors' mixers (identity; a frozen softmax of
 a uniform random matrix, per sail-sg/metaformer), with PoolFormerV2's
 arguments otherwise.
 
-With `--full DIR` it instead writes full-size PoolFormer v1 random weights
-and outputs at 224x224 into DIR, for `recipes/check_parity.py` (743 MB).
+With `--full DIR` it instead writes full-size weights and outputs of every
+timm architecture at 224x224 (and ConvFormer/CAFormer-S18 at 384x384) into
+DIR, for `recipes/check_parity.py` (about 3 GB; `--archs` picks some).
 
 Set-up (REFERENCE.md §5: timm's torchvision import is stubbed below, as the
 MetaFormer models never use torchvision):
@@ -262,28 +263,44 @@ def write_fixtures():
     print(f"torch {torch.__version__}, timm {timm.__version__}")
 
 
-def write_full(directory):
+def write_full(directory, archs):
+    """Full-size references of `archs` (timm names, `@384` for 384x384)."""
     from safetensors.numpy import save_file
 
     timm, torch, _ = _import_timm()
     os.makedirs(directory, exist_ok=True)
-    for seed, variant in enumerate(VARIANTS):
-        model = timm.create_model(f"poolformer_{variant}", pretrained=False)
-        set_reference_weights(model, torch, f"poolformer_{variant}")
-        state = {k: t.numpy() for k, t in model.state_dict().items()}
-        save_file(state, os.path.join(directory, f"poolformer_{variant}.safetensors"))
-        outputs = reference_outputs(model, torch, _images(FULL_IMAGE_SHAPE, 100 + seed))
-        np.savez(os.path.join(directory, f"poolformer_{variant}_io.npz"), **outputs)
-        print(f"{variant}: wrote full-size reference to {directory}")
+    for seed, name in enumerate(archs):
+        arch, _, size = name.partition("@")
+        shape = (2, int(size), int(size), 3) if size else FULL_IMAGE_SHAPE
+        model = timm.create_model(arch, pretrained=False)
+        set_reference_weights(model, torch, arch)
+        weights = os.path.join(directory, f"{arch}.safetensors")
+        if not os.path.exists(weights):
+            save_file({k: t.numpy() for k, t in model.state_dict().items()}, weights)
+        outputs = reference_outputs(model, torch, _images(shape, 100 + seed))
+        np.savez(os.path.join(directory, f"{arch}{'_' + size if size else ''}_io.npz"), **outputs)
+        print(f"{name}: wrote full-size reference to {directory}")
     print(f"torch {torch.__version__}, timm {timm.__version__}")
+
+
+FULL_ARCHS = [
+    *[f"{family}_{size}" for family in ("poolformer", "poolformerv2") for size in VARIANTS],
+    *[f"{family}_{size}" for family in ("convformer", "caformer") for size in ("s18", "s36", "m36", "b36")],
+    "convformer_s18@384",
+    "caformer_s18@384",
+]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--full", metavar="DIR", help="write full-size references to DIR")
+    parser.add_argument(
+        "--archs", nargs="+", default=FULL_ARCHS,
+        help="with --full: timm names, NAME@384 for 384x384 input (default: all timm families)",
+    )
     args = parser.parse_args()
     if args.full:
-        write_full(args.full)
+        write_full(args.full, args.archs)
     else:
         write_fixtures()
 
