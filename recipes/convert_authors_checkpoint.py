@@ -3,8 +3,9 @@
 IdentityFormer and RandFormer weights exist only as the authors' `.pth`
 pickles (sail-sg/metaformer), and PoolFormer v1's as `.pth.tar`
 (sail-sg/poolformer). This script unpickles one with torch (safely:
-`weights_only=True`), renames its keys to timm's, and writes a
-`.safetensors` file that loads without torch.
+`weights_only=True`) and writes its tensors, under the authors' names, to a
+`.safetensors` file that loads without torch: the package's loader renames
+the authors' keys to timm's. It needs torch and safetensors only, not Keras.
 
 Command:   python recipes/convert_authors_checkpoint.py identityformer_s12.pth identityformer_s12.safetensors
            then: keras_metaformer.IdentityFormerS12(weights="identityformer_s12.safetensors")
@@ -17,8 +18,6 @@ import argparse
 import sys
 
 import numpy as np
-
-from keras_metaformer.weights import authors_to_timm_keys
 
 
 def to_numpy_state(checkpoint):
@@ -48,7 +47,7 @@ def main(argv=None):
     from safetensors.numpy import save_file
 
     checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    state = authors_to_timm_keys(to_numpy_state(checkpoint))
+    state = to_numpy_state(checkpoint)
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, args.output)
     print(f"wrote {len(state)} tensors to {args.output}")
 

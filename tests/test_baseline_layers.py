@@ -171,3 +171,10 @@ def test_baseline_block_matches_numpy():
     expected = r2 * y + ref.star_relu(ref.group_norm_1(y, g2, zero, 1e-6) @ fc1, 1.2, -0.1) @ fc2
     np.testing.assert_allclose(_numpy(block(x)), expected, rtol=1e-4, atol=1e-4)
     assert not [w for w in block.weights if w.path.endswith(("beta", "bias")) and "act" not in w.path]
+
+
+def test_scale_is_the_residual_name_of_layer_scale():
+    assert layers.Scale is layers.LayerScale
+    block = layers.MetaFormerBlock(res_scale_init_value=1.0, layer_scale_init_value=None)
+    block.build((None, 4, 4, 8))
+    np.testing.assert_array_equal(_numpy(block.res_scale1.scale), np.ones(8, "float32"))

@@ -23,6 +23,10 @@ from keras_metaformer.layers.token_mixers import get_token_mixer
 from keras_metaformer.layers.token_mixers import register_token_mixer
 from keras_metaformer.layers.token_mixers import token_mixer_names
 
+# timm's `Scale`: the residual scale of the baselines is the same operation
+# as the layer scale (a learnable per-channel vector), under another name.
+Scale = LayerScale
+
 __all__ = [
     "AttentionMixer",
     "DropPath",
@@ -35,6 +39,7 @@ __all__ = [
     "PatchEmbedding",
     "PoolMixer",
     "RandomMixer",
+    "Scale",
     "SepConvMixer",
     "StarReLU",
     "get_norm",

@@ -6,7 +6,9 @@ class LayerScale(keras.layers.Layer):
     """Multiplies the last (channel) axis by a learnable per-channel vector.
 
     Started near zero, the scale lets each residual branch of a deep network
-    begin close to the identity and grow as training needs it.
+    begin close to the identity and grow as training needs it. The MetaFormer
+    baselines use the same layer, started at 1, on the residual stream
+    (`res_scale1`, `res_scale2`); it is exported as `Scale` too.
 
     Reference: Touvron et al., "Going deeper with Image Transformers"
     (CaiT), ICCV 2021.
