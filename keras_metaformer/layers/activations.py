@@ -72,6 +72,14 @@ class StarReLU(keras.layers.Layer):
         return config
 
 
+def serialize_activation(activation):
+    """A config value for `activation`: names stay names, callables are
+    serialized."""
+    if isinstance(activation, str):
+        return activation
+    return keras.activations.serialize(activation)
+
+
 def get_activation_layer(activation, name, dtype=None):
     """A layer for `activation`: `StarReLU` for `"star_relu"` (it has
     weights), else a plain `Activation` layer."""

@@ -1,5 +1,6 @@
 import keras
 
+from keras_metaformer.layers.activations import serialize_activation
 from keras_metaformer.layers.drop_path import DropPath
 from keras_metaformer.layers.layer_scale import LayerScale
 from keras_metaformer.layers.mlp import Mlp
@@ -172,15 +173,12 @@ class MetaFormerBlock(keras.layers.Layer):
         token_mixer = self._token_mixer_identifier
         if isinstance(token_mixer, keras.layers.Layer):
             token_mixer = keras.saving.serialize_keras_object(token_mixer)
-        activation = self.activation
-        if not isinstance(activation, str):
-            activation = keras.activations.serialize(activation)
         config.update(
             {
                 "token_mixer": token_mixer,
                 "pool_size": self.pool_size,
                 "mlp_ratio": self.mlp_ratio,
-                "activation": activation,
+                "activation": serialize_activation(self.activation),
                 "norm": self.norm,
                 "norm_epsilon": self.norm_epsilon,
                 "norm_use_bias": self.norm_use_bias,

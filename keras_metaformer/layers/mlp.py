@@ -1,6 +1,7 @@
 import keras
 
 from keras_metaformer.layers.activations import get_activation_layer
+from keras_metaformer.layers.activations import serialize_activation
 
 
 @keras.saving.register_keras_serializable(package="keras_metaformer")
@@ -62,9 +63,7 @@ class Mlp(keras.layers.Layer):
         config.update(
             {
                 "mlp_ratio": self.mlp_ratio,
-                "activation": self.activation
-                if isinstance(self.activation, str)
-                else keras.activations.serialize(self.activation),
+                "activation": serialize_activation(self.activation),
                 "use_bias": self.use_bias,
             }
         )

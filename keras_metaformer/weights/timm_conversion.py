@@ -121,10 +121,17 @@ _AUTHORS_BASELINE_RULES = (
 )
 
 
+# Key prefixes that identify each of the authors' formats.
+_AUTHORS_V1_PREFIXES = ("network.", "patch_embed.")
+_AUTHORS_BASELINE_PREFIXES = ("downsample_layers.",)
+
+
+def _has_prefix(state_dict, prefixes):
+    return any(key.startswith(prefixes) for key in state_dict)
+
+
 def is_authors_format(state_dict):
-    return any(
-        key.startswith(("network.", "patch_embed.", "downsample_layers.")) for key in state_dict
-    )
+    return _has_prefix(state_dict, _AUTHORS_V1_PREFIXES + _AUTHORS_BASELINE_PREFIXES)
 
 
 def authors_to_timm_keys(state_dict):
@@ -134,7 +141,7 @@ def authors_to_timm_keys(state_dict):
     and sail-sg/metaformer's baselines (`downsample_layers.N...`,
     `stages.N.M...`), including IdentityFormer and RandFormer.
     """
-    v1 = any(key.startswith(("network.", "patch_embed.")) for key in state_dict)
+    v1 = _has_prefix(state_dict, _AUTHORS_V1_PREFIXES)
     rules = _AUTHORS_V1_RULES if v1 else _AUTHORS_BASELINE_RULES
     renamed = {}
     for key, value in state_dict.items():
