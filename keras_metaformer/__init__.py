@@ -122,3 +122,15 @@ __all__ = [
     "resize_and_center_crop",
     "weights",
 ]
+
+# Submodules that import TensorFlow load on first access, so that
+# `import keras_metaformer` stays light on the JAX backend.
+_LAZY_SUBMODULES = ("data",)
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"keras_metaformer.{name}")
+    raise AttributeError(f"module 'keras_metaformer' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Independent NumPy implementations of PoolFormer's parts, channels-last.
+"""Independent NumPy (and PIL) implementations of PoolFormer's parts, channels-last.
 
 Written from the paper's equations and PyTorch's operator definitions, with
 explicit loops where that makes the definition obvious. Slow; for small
@@ -8,6 +8,7 @@ inputs only.
 import math
 
 import numpy as np
+import PIL.Image
 
 _erf = np.vectorize(math.erf)
 
@@ -144,3 +145,16 @@ def random_mixing(x, matrix):
 
 def mlp_head(x, fc1, fc1_bias, gamma, beta, fc2, fc2_bias, eps):
     return layer_norm(squared_relu(x @ fc1 + fc1_bias), gamma, beta, eps) @ fc2 + fc2_bias
+
+
+def pil_eval_transform(image, resize, crop):
+    """timm's evaluation transform with PIL: shorter side to `resize`, centre crop."""
+    height, width = image.shape[:2]
+    if height <= width:
+        size = (int(resize * width / height), resize)
+    else:
+        size = (resize, int(resize * height / width))
+    resized = np.asarray(PIL.Image.fromarray(image).resize(size, PIL.Image.BICUBIC))
+    top = int(round((resized.shape[0] - crop) / 2.0))
+    left = int(round((resized.shape[1] - crop) / 2.0))
+    return resized[top : top + crop, left : left + crop].astype("float32")

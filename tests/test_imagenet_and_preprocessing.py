@@ -1,10 +1,10 @@
 import keras
 import numpy as np
 import pytest
-from PIL import Image
 from skimage import data
 
 import keras_metaformer
+from numpy_reference import pil_eval_transform
 
 
 def test_imagenet_classes_are_the_1000_synsets_in_index_order():
@@ -33,19 +33,6 @@ def test_decode_predictions_rejects_other_shapes():
         keras_metaformer.decode_predictions(np.zeros((1, 10)))
 
 
-def _pil_eval_transform(image, resize, crop):
-    """timm's evaluation transform with PIL: shorter side to `resize`, centre crop."""
-    height, width = image.shape[:2]
-    if height <= width:
-        size = (int(resize * width / height), resize)
-    else:
-        size = (resize, int(resize * height / width))
-    resized = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
-    top = int(round((resized.shape[0] - crop) / 2.0))
-    left = int(round((resized.shape[1] - crop) / 2.0))
-    return resized[top : top + crop, left : left + crop].astype("float32")
-
-
 @pytest.mark.parametrize("arch", ["poolformer_s12", "poolformer_m36"])
 @pytest.mark.parametrize("transpose", [False, True], ids=["landscape", "portrait"])
 def test_resize_and_center_crop_matches_pil(arch, transpose):
@@ -54,7 +41,7 @@ def test_resize_and_center_crop_matches_pil(arch, transpose):
         image = np.ascontiguousarray(image.transpose(1, 0, 2))
     config = keras_metaformer.get_pretrained_config(arch)
     ours = keras.ops.convert_to_numpy(keras_metaformer.resize_and_center_crop(image, config))
-    expected = _pil_eval_transform(image, config.resize_size, 224)
+    expected = pil_eval_transform(image, config.resize_size, 224)
     assert ours.shape == expected.shape == (224, 224, 3)
     difference = np.abs(ours - expected)
     assert difference.max() <= 1.0 and difference.mean() < 0.3

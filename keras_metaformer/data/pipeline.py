@@ -1,0 +1,116 @@
+"""The one pipeline every source feeds: transform, batch, augment, prefetch."""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_metaformer.data.augment import TrainAugment
+from keras_metaformer.data.augment import batch_augmentation
+from keras_metaformer.data import transforms
+from keras_metaformer.weights.pretrained_configs import get_pretrained_config
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def eval_settings(config, image_size, crop_pct, interpolation):
+    """Fills unset evaluation settings from a pretrained configuration."""
+    if isinstance(config, str):
+        config = get_pretrained_config(config)
+    if config is not None:
+        image_size = image_size or config.input_size[0]
+        crop_pct = crop_pct or config.crop_pct
+        interpolation = interpolation or config.interpolation
+    return image_size or 224, crop_pct or 0.9, interpolation or "bicubic"
+
+
+def _seed_stream(seed):
+    """A shape-(2,) stateless seed per element, new each epoch, fixed by `seed`."""
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+
+def build_pipeline(
+    examples,
+    num_classes,
+    *,
+    training,
+    decode=transforms.to_rgb_float,
+    image_size=None,
+    batch_size=32,
+    augment=None,
+    config=None,
+    crop_pct=None,
+    interpolation=None,
+    seed=None,
+    shuffle_buffer=None,
+    drop_remainder=None,
+    skip_errors=False,
+):
+    """Turns `(raw_image, label)` examples into batches for `model.fit`.
+
+    Training: shuffle, decode, random resized crop (stateless, parallel),
+    batch, then the per-batch augmentation in order (its Keras layers keep
+    seeded state). Evaluation: decode, resize and centre crop, batch. Labels
+    come out one-hot float32, so one loss serves training (soft, mixed
+    labels) and evaluation.
+    """
+    image_size, crop_pct, interpolation = eval_settings(config, image_size, crop_pct, interpolation)
+    if image_size < 1 or batch_size < 1:
+        raise ValueError(
+            f"`image_size` and `batch_size` must be positive. Received: "
+            f"image_size={image_size}, batch_size={batch_size}."
+        )
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**31))
+    options = tf.data.Options()
+    options.deterministic = True
+    examples = examples.with_options(options)
+
+    if training:
+        augment = TrainAugment() if augment is None else augment
+        if shuffle_buffer:
+            examples = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+
+        def crop(example, element_seed):
+            raw, label = example
+            image = transforms.random_resized_crop(
+                decode(raw), image_size, augment.crop_scale, augment.crop_ratio, element_seed, interpolation
+            )
+            return image, label
+
+        dataset = tf.data.Dataset.zip(examples, _seed_stream(seed)).map(crop, num_parallel_calls=AUTOTUNE)
+    else:
+
+        def center(raw, label):
+            return transforms.resize_and_center_crop(decode(raw), image_size, crop_pct, interpolation), label
+
+        dataset = examples.map(center, num_parallel_calls=AUTOTUNE)
+    if skip_errors:
+        dataset = dataset.ignore_errors(log_warning=True)
+    drop_remainder = training if drop_remainder is None else drop_remainder
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+
+    if training:
+        apply = batch_augmentation(augment, num_classes, seed)
+        coins = _seed_stream(seed + 1)
+        # Sequential on purpose: the Keras layers' seeded state advances once
+        # per batch in batch order, which keeps a seeded run reproducible.
+        dataset = tf.data.Dataset.zip(dataset, coins).map(lambda batch, coin: apply(*batch, coin))
+    else:
+        dataset = dataset.map(lambda images, labels: (images, tf.one_hot(labels, num_classes)))
+    return dataset.prefetch(AUTOTUNE)
+
+
+def check_num_classes(model, dataset):
+    """Raises a clear error if `model`'s head and `dataset` disagree on classes.
+
+    Without it, the mismatch surfaces deep inside the loss as a shape error.
+    """
+    outputs = model.outputs[0].shape[-1]
+    expected = dataset.num_classes
+    if outputs != expected:
+        raise ValueError(
+            f"The model's head predicts {outputs} classes, but the dataset has "
+            f"{expected} ({', '.join(map(str, dataset.class_names[:5]))}"
+            f"{', ...' if expected > 5 else ''}). Build the model with "
+            f"classes={expected} (weights=None, or pretrained weights with "
+            "include_top=False and a new head)."
+        )
