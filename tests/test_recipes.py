@@ -1,20 +1,25 @@
 import os
+import re
 import subprocess
 import sys
+
+import keras
+
+import keras_metaformer  # noqa: F401  (registers the layers model.keras refers to)
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_recipe(*args, env=None):
+def run_recipe(*args, env=None, recipe="classify.py"):
     environment = dict(os.environ, **(env or {}))
     return subprocess.run(
-        [sys.executable, os.path.join(REPO, "recipes", "classify.py"), *args],
+        [sys.executable, os.path.join(REPO, "recipes", recipe), *args],
         capture_output=True, text=True, env=environment, timeout=600,
     )
 
 
-def test_main_job_classifies_offline_with_random_weights_and_says_so():
+def test_classify_offline_uses_random_weights_and_says_so():
     # conftest points HF_ENDPOINT at a closed local port: the download fails.
     result = run_recipe()
     assert result.returncode == 0, result.stderr
@@ -25,10 +30,49 @@ def test_main_job_classifies_offline_with_random_weights_and_says_so():
     assert len(ranked) == 5
 
 
-def test_main_job_reports_unreadable_images(tmp_path):
+def test_classify_reports_unreadable_images(tmp_path):
     missing = run_recipe("--image", str(tmp_path / "missing.jpg"), "--weights", "none")
     assert missing.returncode != 0 and "no image file at" in missing.stderr
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
     unreadable = run_recipe("--image", str(broken), "--weights", "none")
     assert unreadable.returncode != 0 and "cannot read" in unreadable.stderr
+
+
+def test_finetune_smoke_writes_model_log_and_plot(tmp_path):
+    result = run_recipe("--smoke", "--output", str(tmp_path), recipe="finetune.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Phase 1: head only, backbone frozen (1 epochs)" in result.stdout
+    assert "Validation accuracy:" in result.stdout
+    with open(tmp_path / "log.csv") as file:
+        assert [row.split(",")[0] for row in file.read().split()[1:]] == ["0", "1", "2"]
+    assert (tmp_path / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    model = keras.saving.load_model(tmp_path / "model.keras")
+    assert model.output.shape == (None, 10)
+
+
+def test_finetune_rejects_images_below_the_minimum_size(tmp_path):
+    result = run_recipe("--smoke", "--image-size", "16", "--output", str(tmp_path), recipe="finetune.py")
+    assert result.returncode != 0 and "--image-size must be at least 32" in result.stderr
+
+
+def test_finetune_explains_an_empty_image_folder(tmp_path):
+    (tmp_path / "train").mkdir()
+    result = run_recipe("--smoke", "--data-dir", str(tmp_path), "--output", str(tmp_path / "out"), recipe="finetune.py")
+    assert result.returncode != 0 and "No images in" in result.stderr
+
+
+def test_train_imagenet_smoke_runs_the_recipe_on_mock_imagenet(tmp_path):
+    result = run_recipe("--smoke", "--output", str(tmp_path), recipe="train_imagenet.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Effective batch 4: peak learning rate 3.90625e-06, 2 updates per epoch" in result.stdout
+    with open(tmp_path / "log.csv") as file:
+        header = file.readline().strip().split(",")
+    assert {"accuracy", "top5", "val_accuracy", "val_top5"} <= set(header)
+
+
+def test_evaluate_imagenet_smoke_reports_top1_and_top5():
+    result = run_recipe("--smoke", recipe="evaluate_imagenet.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Evaluating metaformer at 224px, crop_pct 0.9" in result.stdout
+    assert re.search(r"top-1 \d+\.\d\d%  top-5 \d+\.\d\d%", result.stdout)

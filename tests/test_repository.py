@@ -17,7 +17,7 @@ def _readme_commands():
 
 def test_readme_opens_with_the_main_job_and_the_test_command():
     main_job, test_command = _readme_commands()
-    assert "recipes/classify.py" in main_job
+    assert "recipes/finetune.py" in main_job
     assert "KERAS_BACKEND=tensorflow" in test_command and "KERAS_BACKEND=jax" in test_command
 
 

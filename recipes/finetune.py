@@ -1,0 +1,178 @@
+"""Fine-tune PoolFormer on a labelled image dataset: the README's main job.
+
+Command:   python recipes/finetune.py
+           (offline default: scikit-learn's 1,797 handwritten digits, 8x8
+           pixels upscaled to 32x32, 80/20 stratified split)
+           python recipes/finetune.py --data-dir photos/ --image-size 224 --augment authors
+           (photos/train/<class>/*.jpg and photos/val/<class>/*.jpg)
+           python recipes/finetune.py --tfds imagenette/320px-v2 --image-size 224
+Hardware:  2-core CPU: about 4 minutes for the default (PoolFormer-S12).
+Result:    default run: >= 95% validation accuracy (98.6% measured; see the
+           README). Offline the ImageNet weights cannot be downloaded, so the
+           backbone starts from random weights and the script says so.
+Writes:    <output>/model.keras, <output>/log.csv, <output>/learning_curves.png.
+
+Two phases: the new head trains on a frozen backbone, then the whole
+network trains with a warm-up and cosine schedule (a small learning rate
+when the backbone is pretrained). A killed run resumes from its last
+finished epoch when started again with the same --output.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import keras_metaformer  # noqa: E402
+import training_setup  # noqa: E402
+from keras_metaformer import data  # noqa: E402
+from keras_metaformer.callbacks import ResumableCheckpoint  # noqa: E402
+from keras_metaformer.training import adamw  # noqa: E402
+from keras_metaformer.training import warmup_cosine  # noqa: E402
+
+AUGMENTS = {
+    # Digits and small datasets: no flips (a mirrored 2 is not a 2) or mixing.
+    "light": data.TrainAugment(
+        crop_scale=(0.6, 1.0), flip=False, rand_augment_magnitude=None,
+        mixup_alpha=0.0, cutmix_alpha=0.0, erasing_prob=0.0,
+    ),
+    "authors": data.TrainAugment(),
+}
+
+
+def digits(seed, smoke):
+    """scikit-learn's digits as uint8 images, split 80/20 per class."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    loaded = load_digits()
+    images = np.round(loaded.images * (255.0 / 16.0)).astype("uint8")
+    train_x, val_x, train_y, val_y = train_test_split(
+        images, loaded.target, test_size=0.2, stratify=loaded.target, random_state=seed
+    )
+    if smoke:
+        train_x, train_y, val_x, val_y = train_x[:64], train_y[:64], val_x[:32], val_y[:32]
+    return (train_x, train_y), (val_x, val_y), [str(i) for i in range(10)]
+
+
+def load_datasets(args):
+    options = dict(image_size=args.image_size, batch_size=args.batch_size, seed=args.seed, crop_pct=args.crop_pct)
+    augment = AUGMENTS[args.augment]
+    if args.data_dir:
+        folders = [os.path.join(args.data_dir, name) for name in ("train", "val")]
+        train = data.from_directory(folders[0], training=True, augment=augment, **options)
+        val = data.from_directory(folders[1], training=False, **options)
+    elif args.tfds:
+        common = dict(data_dir=args.tfds_data_dir, manual_dir=args.manual_dir, **options)
+        train = data.from_tfds(args.tfds, split=args.train_split, training=True, augment=augment, **common)
+        val = data.from_tfds(args.tfds, split=args.val_split, training=False, **common)
+    else:
+        (train_x, train_y), (val_x, val_y), names = digits(args.seed, args.smoke)
+        train = data.from_arrays(train_x, train_y, training=True, augment=augment, class_names=names, **options)
+        val = data.from_arrays(val_x, val_y, training=False, class_names=names, **options)
+    return train, val
+
+
+def build_classifier(args, num_classes):
+    """Backbone plus a new head: average pool, LayerNorm, Dense (logits)."""
+    if args.smoke:  # a small MetaFormer, so that CI trains in seconds
+        backbone = keras_metaformer.MetaFormer(
+            depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), include_top=False,
+            input_shape=(args.image_size, args.image_size, 3), weights=None,
+        )
+        pretrained = False
+    else:
+        backbone, pretrained = training_setup.build_backbone(args.variant, args.weights, args.image_size)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(backbone.output)
+    x = keras.layers.LayerNormalization(epsilon=1e-6, name="head_norm")(x)
+    outputs = keras.layers.Dense(num_classes, dtype="float32", name="predictions")(x)
+    return keras.Model(backbone.input, outputs, name=f"{backbone.name}_finetuned"), backbone, pretrained
+
+
+def run_phase(model, optimizer, train, val, args, checkpoint_dir, first_epoch, last_epoch, log_path):
+    """Fits epochs `[first_epoch, last_epoch)`, resuming from `checkpoint_dir`."""
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=args.jit_compile or "auto",
+    )
+    checkpoint = ResumableCheckpoint(checkpoint_dir)
+    initial_epoch = max(first_epoch, checkpoint.restore(model))
+    if initial_epoch > first_epoch:
+        print(f"Resuming after epoch {initial_epoch} (checkpoint in {checkpoint_dir})")
+    if initial_epoch >= last_epoch:
+        return
+    model.fit(
+        train,
+        validation_data=val,
+        epochs=last_epoch,
+        initial_epoch=initial_epoch,
+        callbacks=[checkpoint, keras.callbacks.CSVLogger(log_path, append=True)],
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    training_setup.add_arguments(parser, batch_size=64, epochs=12)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data-dir", help="folder with train/<class>/ and val/<class>/ images")
+    source.add_argument("--tfds", help="a TFDS image-classification dataset name")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--val-split", default="validation")
+    parser.add_argument("--tfds-data-dir", help="TFDS data_dir")
+    parser.add_argument("--manual-dir", help="TFDS manual_dir (imagenet2012's tar files)")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--crop-pct", type=float, default=1.0, help="evaluation crop ratio")
+    parser.add_argument("--augment", choices=sorted(AUGMENTS), default="light")
+    parser.add_argument("--head-epochs", type=int, default=2, help="phase 1: frozen backbone")
+    parser.add_argument("--lr", type=float, help="phase 2 peak learning rate (default: 1e-4 if pretrained, else 1e-3)")
+    parser.add_argument("--head-lr", type=float, default=1e-3)
+    parser.add_argument("--output", default="finetune_output")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.epochs, args.head_epochs = 2, 1
+    if args.image_size < keras_metaformer.models.metaformer.MIN_INPUT_SIZE:
+        parser.error(f"--image-size must be at least {keras_metaformer.models.metaformer.MIN_INPUT_SIZE} "
+                     f"(the network downsamples by 32); received {args.image_size}")
+    started = time.time()
+    scope = training_setup.configure(args)
+    paths = training_setup.output_paths(args.output)
+    try:
+        train, val = load_datasets(args)
+    except (OSError, ValueError) as error:  # the data module's messages say what to fix
+        sys.exit(f"error: {error}")
+    print(f"Data: {train.num_classes} classes, {args.image_size}x{args.image_size} images")
+    with scope:
+        model, backbone, pretrained = build_classifier(args, train.num_classes)
+        data.check_num_classes(model, train)
+        steps = int(train.cardinality())
+        total = args.head_epochs + args.epochs
+
+        print(f"\nPhase 1: head only, backbone frozen ({args.head_epochs} epochs)")
+        backbone.trainable = False
+        run_phase(model, adamw(model, args.head_lr), train, val, args,
+                  os.path.join(paths["checkpoints"], "phase1"), 0, args.head_epochs, paths["log"])
+
+        lr = args.lr or (1e-4 if pretrained else 1e-3)
+        print(f"\nPhase 2: whole network, peak learning rate {lr:g} ({args.epochs} epochs)")
+        backbone.trainable = True
+        schedule = warmup_cosine(lr, total_steps=args.epochs * steps, warmup_steps=steps, end=lr / 100)
+        run_phase(model, adamw(model, schedule), train, val, args,
+                  os.path.join(paths["checkpoints"], "phase2"), args.head_epochs, total, paths["log"])
+
+    model.save(paths["model"])
+    training_setup.plot_learning_curves(paths["log"], paths["plot"], boundary=args.head_epochs)
+    final = training_setup.read_log(paths["log"])[-1]
+    print(f"\nValidation accuracy: {float(final['val_accuracy']):.2%} after {total} epochs "
+          f"({time.time() - started:.0f} s). Wrote {paths['model']}, {paths['log']}, {paths['plot']}.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""What the training recipes share: precision, XLA, distribution, logs, plots."""
+
+import contextlib
+import csv
+import os
+import socket
+
+import keras
+
+import keras_metaformer
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# mirrored: all local devices (TF); data-parallel: all local devices via
+# keras.distribution (JAX). No multi-worker option: Keras 3.15's fit() fails
+# under MultiWorkerMirroredStrategy (tests/test_distributed.py tracks it).
+DISTRIBUTIONS = ("none", "mirrored", "data-parallel")
+
+
+def add_arguments(parser, *, batch_size, epochs):
+    """The options every training recipe takes."""
+    parser.add_argument("--variant", default="s12", choices=sorted(keras_metaformer.models.POOLFORMER_BUILDERS))
+    parser.add_argument("--weights", default="imagenet", help="imagenet, none, or a weights file")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="global batch size")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
+    parser.add_argument("--jit-compile", action="store_true", help="compile train steps with XLA")
+    parser.add_argument("--distribution", choices=DISTRIBUTIONS, default="none")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="a few steps on tiny data (CI)")
+
+
+def configure(args):
+    """Seeds, precision policy and distribution; returns the scope to build in."""
+    socket.setdefaulttimeout(30)  # fail fast rather than hang offline
+    keras.utils.set_random_seed(args.seed)
+    keras.config.set_dtype_policy(args.precision)
+    return distribution_scope(args.distribution)
+
+
+def distribution_scope(name):
+    """Builds the engine for `name`; build and compile the model inside the result."""
+    backend = keras.backend.backend()
+    if name == "none":
+        return contextlib.nullcontext()
+    if name == "mirrored":
+        if backend != "tensorflow":
+            raise SystemExit(f"error: --distribution mirrored needs KERAS_BACKEND=tensorflow (now {backend}).")
+        import tensorflow as tf
+
+        strategy = tf.distribute.MirroredStrategy()
+        print(f"Distribution: {type(strategy).__name__}, {strategy.num_replicas_in_sync} replicas")
+        return strategy.scope()
+    if backend != "jax":
+        raise SystemExit(f"error: --distribution data-parallel needs KERAS_BACKEND=jax (now {backend}).")
+    distribution = keras.distribution.DataParallel()
+    keras.distribution.set_distribution(distribution)
+    print(f"Distribution: DataParallel over {len(keras.distribution.list_devices())} devices")
+    return contextlib.nullcontext()
+
+
+def build_backbone(variant, weights, image_size):
+    """A PoolFormer without its head; offline, ImageNet weights fall back to random ones.
+
+    Returns the model and whether it starts from pretrained weights.
+    """
+    builder = keras_metaformer.models.POOLFORMER_BUILDERS[variant]
+    kwargs = dict(include_top=False, input_shape=(image_size, image_size, 3))
+    if weights == "none":
+        print("Backbone: random weights (--weights none)")
+        return builder(weights=None, **kwargs), False
+    try:
+        model = builder(weights=weights, **kwargs)
+    except OSError as error:
+        if weights != "imagenet":
+            raise
+        print(f"Could not download the ImageNet weights:\n  {error}")
+        print("Backbone: RANDOM weights (offline: download failed); training from scratch.")
+        return builder(weights=None, **kwargs), False
+    print(f"Backbone: {weights} weights")
+    return model, True
+
+
+def read_log(path):
+    with open(path) as file:
+        return list(csv.DictReader(file))
+
+
+def plot_learning_curves(log_path, png_path, boundary=None):
+    """Loss and accuracy per epoch from a `CSVLogger` file, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    rows = read_log(log_path)
+    epochs = [int(row["epoch"]) + 1 for row in rows]
+    figure, axes = pyplot.subplots(1, 2, figsize=(10, 4))
+    for axis, metric in zip(axes, ("loss", "accuracy")):
+        for prefix, label in (("", "train"), ("val_", "validation")):
+            if prefix + metric in rows[0]:
+                axis.plot(epochs, [float(row[prefix + metric]) for row in rows], marker="o", label=label)
+        if boundary:
+            axis.axvline(boundary + 0.5, color="grey", linestyle="--", label="backbone unfrozen")
+        axis.set_xlabel("epoch")
+        axis.set_title(metric)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=100)
+    pyplot.close(figure)
+
+
+def output_paths(directory):
+    os.makedirs(directory, exist_ok=True)
+    names = {"model": "model.keras", "log": "log.csv", "plot": "learning_curves.png", "checkpoints": "checkpoints"}
+    return {key: os.path.join(directory, name) for key, name in names.items()}

@@ -1,0 +1,113 @@
+"""Training: precision policies, XLA, the optimiser recipe, and resuming after SIGKILL."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import keras_metaformer
+from keras_metaformer.callbacks import ResumableCheckpoint
+from keras_metaformer.training import adamw
+
+HERE = os.path.dirname(__file__)
+
+
+def _batch():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    return images, np.eye(3, dtype="float32")[[0, 1, 2, 1]]
+
+
+def _model(weights=None):
+    model = keras_metaformer.MetaFormer(
+        depths=(1, 1), dims=(16, 32), weights=None, input_shape=(32, 32, 3), classes=3,
+        classifier_activation=None,
+    )
+    if weights is not None:
+        model.set_weights(weights)
+    return model
+
+
+def _first_step_loss(policy, weights, jit_compile):
+    keras.config.set_dtype_policy(policy)
+    model = _model(weights)
+    model.compile(keras.optimizers.SGD(0.1), keras.losses.CategoricalCrossentropy(from_logits=True),
+                  jit_compile=jit_compile)
+    images, labels = _batch()
+    # The loss is computed before the update: it measures the forward pass
+    # and loss under the policy, and the step must not fail or overflow.
+    loss = float(model.train_on_batch(images, labels))
+    after = float(model.evaluate(images, labels, verbose=0))
+    return loss, after
+
+
+@pytest.mark.parametrize("policy, tolerance", [("mixed_float16", 5e-3), ("mixed_bfloat16", 3e-2)])
+def test_mixed_precision_training_step_is_finite_and_close_to_float32(policy, tolerance):
+    weights = _model().get_weights()
+    reference, reference_after = _first_step_loss("float32", weights, "auto")
+    loss, after = _first_step_loss(policy, weights, "auto")
+    assert np.isfinite(loss) and np.isfinite(after)
+    assert loss == pytest.approx(reference, rel=tolerance)
+    assert after == pytest.approx(reference_after, rel=3 * tolerance)
+
+
+def test_xla_and_eager_graph_agree():
+    images, labels = _batch()
+    model = _model()
+    outputs = {}
+    for jit in (True, False):
+        model.compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True), jit_compile=jit)
+        outputs[jit] = model.predict(images, verbose=0)
+    np.testing.assert_allclose(outputs[True], outputs[False], atol=1e-5, rtol=1e-5)
+    weights = model.get_weights()
+    losses = [_first_step_loss("float32", weights, jit) for jit in (True, False)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_weight_decay_skips_norms_biases_and_layer_scales():
+    model = _model()
+    optimizer = adamw(model, 1e-3)
+    decayed = {v.path for v in model.trainable_variables if optimizer._use_weight_decay(v)}
+    kernels = {v.path for v in model.trainable_variables if v.path.endswith("/kernel")}
+    assert len(kernels) > 5 and decayed == kernels
+    assert any("layer_scale" in v.path for v in model.trainable_variables)
+
+
+def test_a_run_killed_mid_epoch_resumes_without_repeating_epochs(tmp_path):
+    command = [sys.executable, os.path.join(HERE, "resumable_training.py"), str(tmp_path)]
+    state = tmp_path / "checkpoints" / "state.json"
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    # Kill once two epochs are saved, a few steps into the third.
+    while time.time() < deadline and run.poll() is None:
+        if state.exists() and json.loads(state.read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    time.sleep(0.6)
+    assert run.poll() is None, "the run ended before it could be killed:\n" + run.stdout.read()
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    saved = json.loads(state.read_text())
+    assert saved["epoch"] in (2, 3)
+    # The checkpoint left behind is whole: it loads into a fresh model.
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(1e-3), "mse")
+    assert ResumableCheckpoint(str(tmp_path / "checkpoints")).restore(model) == saved["epoch"]
+
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert f"initial_epoch={saved['epoch']}" in finished.stdout
+    assert "iterations=24" in finished.stdout  # 4 epochs x 6 steps, none repeated
+    with open(tmp_path / "log.csv") as file:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(file)]
+    assert epochs == [0, 1, 2, 3]
+    assert json.loads(state.read_text())["epoch"] == 4
+    leftovers = [name for name in os.listdir(tmp_path / "checkpoints") if name not in ("state.json", "epoch-0004.weights.h5")]
+    assert leftovers == []
