@@ -52,3 +52,7 @@ def keras_home(tmp_path, monkeypatch):
     """An empty Keras cache for one test."""
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     return tmp_path
+
+
+# Scripts the tests run as subprocesses; they read sys.argv at import.
+collect_ignore = ["distributed_step.py", "resumable_training.py"]

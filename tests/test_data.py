@@ -2,7 +2,6 @@
 
 import os
 
-import keras
 import numpy as np
 import PIL.Image
 import pytest
