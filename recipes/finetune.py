@@ -6,9 +6,10 @@ Command:   python recipes/finetune.py
            python recipes/finetune.py --data-dir photos/ --image-size 224 --augment authors
            (photos/train/<class>/*.jpg and photos/val/<class>/*.jpg)
            python recipes/finetune.py --tfds imagenette/320px-v2 --image-size 224
-Hardware:  2-core CPU: about 4 minutes for the default (PoolFormer-S12).
-Result:    default run: >= 95% validation accuracy (98.6% measured; see the
-           README). Offline the ImageNet weights cannot be downloaded, so the
+Hardware:  2-core CPU: about 5 minutes for the default (PoolFormer-S12, 14
+           epochs), plus a few for the install.
+Result:    default run: >= 95% validation accuracy; measured 97.50% (the same
+           in two runs with the default seed). Offline the ImageNet weights cannot be downloaded, so the
            backbone starts from random weights and the script says so.
 Writes:    <output>/model.keras, <output>/log.csv, <output>/learning_curves.png.
 
