@@ -125,7 +125,7 @@ __all__ = [
 
 # Submodules that import TensorFlow load on first access, so that
 # `import keras_metaformer` stays light on the JAX backend.
-_LAZY_SUBMODULES = ("data",)
+_LAZY_SUBMODULES = ("data", "distribute")
 
 
 def __getattr__(name):

@@ -2,6 +2,7 @@
 
 import contextlib
 import csv
+import json
 import os
 import socket
 
@@ -10,10 +11,11 @@ import keras
 import keras_metaformer
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-# mirrored: all local devices (TF); data-parallel: all local devices via
-# keras.distribution (JAX). No multi-worker option: Keras 3.15's fit() fails
-# under MultiWorkerMirroredStrategy (tests/test_distributed.py tracks it).
-DISTRIBUTIONS = ("none", "mirrored", "data-parallel")
+# mirrored: all local devices (TF); multi-worker: the cluster in TF_CONFIG,
+# one process per worker (TF); data-parallel: all local devices via
+# keras.distribution (JAX).
+DISTRIBUTIONS = ("none", "mirrored", "multi-worker", "data-parallel")
+TF_DISTRIBUTIONS = ("mirrored", "multi-worker")
 
 
 def add_arguments(parser, *, batch_size, epochs):
@@ -42,12 +44,15 @@ def distribution_scope(name):
     backend = keras.backend.backend()
     if name == "none":
         return contextlib.nullcontext()
-    if name == "mirrored":
+    if name in TF_DISTRIBUTIONS:
         if backend != "tensorflow":
-            raise SystemExit(f"error: --distribution mirrored needs KERAS_BACKEND=tensorflow (now {backend}).")
+            raise SystemExit(f"error: --distribution {name} needs KERAS_BACKEND=tensorflow (now {backend}).")
         import tensorflow as tf
 
-        strategy = tf.distribute.MirroredStrategy()
+        if name == "mirrored":
+            strategy = tf.distribute.MirroredStrategy()
+        else:
+            strategy = keras_metaformer.distribute.multi_worker_strategy()
         print(f"Distribution: {type(strategy).__name__}, {strategy.num_replicas_in_sync} replicas")
         return strategy.scope()
     if backend != "jax":
@@ -110,6 +115,15 @@ def plot_learning_curves(log_path, png_path, boundary=None):
 
 
 def output_paths(directory):
+    """Where a recipe writes; under multi-worker training, one folder per worker.
+
+    Every worker runs the whole recipe. The chief writes to `directory`, the
+    others to `directory/worker-N`, so that no two processes write one file.
+    """
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = config.get("task", {})
+    if task.get("type") == "worker" and ("chief" in config.get("cluster", {}) or task.get("index", 0) > 0):
+        directory = os.path.join(directory, f"worker-{task['index']}")
     os.makedirs(directory, exist_ok=True)
     names = {"model": "model.keras", "log": "log.csv", "plot": "learning_curves.png", "checkpoints": "checkpoints"}
     return {key: os.path.join(directory, name) for key, name in names.items()}

@@ -44,7 +44,9 @@ def make_strategy():
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     else:
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        from keras_metaformer.distribute import multi_worker_strategy
+
+        strategy = multi_worker_strategy()
     assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
     return strategy
 
@@ -70,8 +72,13 @@ def main():
 
         dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
         options = tf.data.Options()
-        # Every worker reads the same global batch; the strategy splits it.
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        # Mirrored: the strategy splits each global batch across replicas.
+        # Multi-worker: every worker reads the same global batches and keeps
+        # its share of each (DATA sharding), as a user's pipeline would.
+        policy = tf.data.experimental.AutoShardPolicy
+        options.experimental_distribute.auto_shard_policy = (
+            policy.DATA if MODE == "multi-worker" else policy.OFF
+        )
         dataset = dataset.with_options(options)
         with scope():
             history = model.fit(dataset, epochs=1, verbose=0)

@@ -60,14 +60,6 @@ def _free_ports(count):
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute needs the TensorFlow backend")
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Keras 3.15's fit() fails under MultiWorkerMirroredStrategy: it "
-    "reduces a nested (images, labels) batch with strategy.reduce, which this "
-    "strategy rejects ('Attempt to convert a value (PerReplica...)'). Strict, "
-    "so the test reports when a Keras release fixes it.",
-)
 def test_multi_worker_strategy_with_two_processes_matches_one_device(single_device_step, tmp_path):
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     processes = [
@@ -87,3 +79,11 @@ def test_multi_worker_strategy_with_two_processes_matches_one_device(single_devi
 @pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution runs on the JAX backend")
 def test_data_parallel_on_two_host_devices_matches_one_device(single_device_step, tmp_path):
     _assert_same_step(single_device_step, _run("data-parallel", tmp_path / "data_parallel.npz"))
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="checks the error on the other backends")
+def test_multi_worker_strategy_explains_it_needs_tensorflow():
+    from keras_metaformer.distribute import multi_worker_strategy
+
+    with pytest.raises(RuntimeError, match="KERAS_BACKEND=tensorflow"):
+        multi_worker_strategy()

@@ -1,3 +1,4 @@
+import json
 import os
 import re
 import subprocess
@@ -76,3 +77,22 @@ def test_evaluate_imagenet_smoke_reports_top1_and_top5():
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Evaluating metaformer at 224px, crop_pct 0.9" in result.stdout
     assert re.search(r"top-1 \d+\.\d\d%  top-5 \d+\.\d\d%", result.stdout)
+
+
+def test_only_the_chief_writes_to_the_output_folder(tmp_path, monkeypatch):
+    sys.path.insert(0, os.path.join(REPO, "recipes"))
+    try:
+        import training_setup
+    finally:
+        sys.path.pop(0)
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    expected = {0: tmp_path, 1: tmp_path / "worker-1"}
+    for index, folder in expected.items():
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        assert training_setup.output_paths(str(tmp_path))["model"] == str(folder / "model.keras")
+    # With a separate chief task, every worker is a non-chief.
+    chief_cluster = dict(cluster, chief=["127.0.0.1:3"])
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": chief_cluster, "task": {"type": "worker", "index": 0}}))
+    assert training_setup.output_paths(str(tmp_path))["log"] == str(tmp_path / "worker-0" / "log.csv")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": chief_cluster, "task": {"type": "chief", "index": 0}}))
+    assert training_setup.output_paths(str(tmp_path))["log"] == str(tmp_path / "log.csv")
