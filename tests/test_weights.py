@@ -431,3 +431,22 @@ def test_authors_checkpoint_conversion_without_torch_tensors(tmp_path):
     assert set(state) == {key.removeprefix("module.") for key in authors}
     model = keras_metaformer.load_timm_weights(tiny_model("randformer_s12"), state)
     _assert_matches_timm(model, reference("randformer_s12"))
+
+
+# GMACs at 224x224 from the papers' tables (v1 table 1; baselines table).
+PAPER_GMACS = {
+    "poolformer_s12": 1.82, "poolformer_s24": 3.41, "poolformer_s36": 5.00,
+    "poolformer_m36": 8.80, "poolformer_m48": 11.59,
+    "convformer_s18": 3.9, "caformer_s18": 4.1, "convformer_b36": 22.6, "caformer_b36": 23.2,
+}
+
+
+@needs_tensorflow
+@pytest.mark.parametrize("arch", sorted(PAPER_GMACS))
+def test_mac_count_matches_the_papers_within_one_percent(arch):
+    from keras_metaformer.macs import count_macs
+
+    gmacs = count_macs(full_size_model(arch)) / 1e9
+    # Within 1%, or within the table's rounding where it gives one decimal.
+    rounding = 0.005 if arch.startswith("poolformer_") else 0.05
+    assert abs(gmacs - PAPER_GMACS[arch]) <= max(0.01 * PAPER_GMACS[arch], rounding), gmacs
