@@ -60,6 +60,7 @@ from keras_metaformer.models import RandFormerM48
 from keras_metaformer.models import RandFormerS12
 from keras_metaformer.models import RandFormerS24
 from keras_metaformer.models import RandFormerS36
+from keras_metaformer.macs import count_macs
 from keras_metaformer.preprocessing import resize_and_center_crop
 from keras_metaformer.weights import PretrainedConfig
 from keras_metaformer.weights import available_weights
@@ -114,6 +115,7 @@ __all__ = [
     "SepConvMixer",
     "StarReLU",
     "available_weights",
+    "count_macs",
     "decode_predictions",
     "get_pretrained_config",
     "imagenet_classes",
@@ -123,9 +125,10 @@ __all__ = [
     "weights",
 ]
 
-# Submodules that import TensorFlow load on first access, so that
+# Submodules for TensorFlow-side work (tf.data pipelines, tf.distribute,
+# SavedModel and TFLite export) load on first access, so that
 # `import keras_metaformer` stays light on the JAX backend.
-_LAZY_SUBMODULES = ("data", "distribute")
+_LAZY_SUBMODULES = ("data", "distribute", "export")
 
 
 def __getattr__(name):

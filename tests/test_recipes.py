@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import keras
+import pytest
 
 import keras_metaformer  # noqa: F401  (registers the layers model.keras refers to)
 
@@ -96,3 +97,18 @@ def test_only_the_chief_writes_to_the_output_folder(tmp_path, monkeypatch):
     assert training_setup.output_paths(str(tmp_path))["log"] == str(tmp_path / "worker-0" / "log.csv")
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": chief_cluster, "task": {"type": "chief", "index": 0}}))
     assert training_setup.output_paths(str(tmp_path))["log"] == str(tmp_path / "log.csv")
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports run through TensorFlow; run once")
+def test_check_export_prints_a_row_per_export(tmp_path, capsys):
+    model = keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), input_shape=(32, 32, 3), classes=10,
+                                        weights=None)
+    model.save(tmp_path / "digits.keras")
+    sys.path.insert(0, os.path.join(REPO, "recipes"))
+    try:
+        import check_export
+    finally:
+        sys.path.pop(0)
+    check_export.main([str(tmp_path / "digits.keras")])
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows == ["export", "SavedModel", "TFLite float32", "TFLite float16", "TFLite dynamic", "TFLite int8"]

@@ -1,0 +1,262 @@
+"""SavedModels laid out for TF Serving, with an image-bytes signature."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import keras
+import numpy as np
+
+from keras_metaformer.imagenet import imagenet_classes
+from keras_metaformer.weights.pretrained_configs import PRETRAINED_CONFIGS
+from keras_metaformer.weights.pretrained_configs import PretrainedConfig
+from keras_metaformer.weights.pretrained_configs import get_pretrained_config
+
+# Signature and tensor names; TF Serving requests and tests refer to them.
+SERVING_DEFAULT = "serving_default"
+CLASSIFY = "classify_images"
+IMAGES = "images"
+IMAGE_BYTES = "image_bytes"
+PROBABILITIES = "probabilities"
+CLASSIFY_OUTPUTS = ("class_ids", "class_names", "scores")
+
+
+def export_saved_model(
+    model,
+    directory,
+    version=1,
+    *,
+    class_names=None,
+    top_k=None,
+    config=None,
+    model_name=None,
+    warmup=True,
+    overwrite=False,
+):
+    """Writes `model` as `<directory>/<version>/`, ready for TF Serving.
+
+    The SavedModel has two signatures:
+
+    - `serving_default`: `images`, float32 RGB in `[0, 255]`, shape
+      `(batch, height, width, 3)` for any batch; returns `probabilities`,
+      `(batch, classes)` float32 (a softmax is added if the model outputs
+      logits).
+    - `classify_images`: `image_bytes`, a batch of encoded JPEG/PNG/BMP/GIF
+      strings; the evaluation transform of `config` (shorter side to
+      `floor(size / crop_pct)`, bicubic, centre crop) runs inside. Returns
+      the `top_k` `class_ids` (int32), `class_names` (string) and `scores`
+      (float32). An undecodable string fails the request with
+      InvalidArgument.
+
+    It also writes `assets.extra/tf_serving_warmup_requests` (one request per
+    signature, so TF Serving compiles both before taking traffic) and, next
+    to the version folders, an example `models.config`.
+
+    On the JAX backend the model is saved as a `.keras` file and exported by
+    a TensorFlow-backend subprocess from the same weights. Keras' own JAX
+    export (jax2tf) wraps the whole network in one `XlaCallModule` op, which
+    the TFLite converter cannot lower to builtin ops and which cannot be
+    composed with TensorFlow's image decoding for the bytes signature; the
+    `.keras` format is backend-independent, so the exported graph computes
+    the same function.
+
+    Args:
+        model: a Keras image classifier taking `[0, 255]` RGB images of a
+            static square size (like the builders with `include_top=True`).
+        directory: the model's base path (TF Serving's `base_path`).
+        version: a positive integer, the version folder's name.
+        class_names: one name per class. Defaults to the ImageNet-1k names
+            for 1,000 classes, else to `"0"`, `"1"`, ...
+        top_k: how many classes `classify_images` returns; by default 5,
+            or all of them if fewer.
+        config: a `PretrainedConfig` or architecture name giving `crop_pct`
+            and interpolation for `classify_images`. Defaults to the config
+            of the architecture `model.name` starts with, else timm's
+            default (crop_pct 0.9, bicubic).
+        model_name: the name in `models.config`; defaults to `model.name`.
+        warmup: whether to write the warm-up requests.
+        overwrite: replace an existing version folder. Without it, an
+            existing folder is an error.
+
+    Returns:
+        The path of the version folder.
+
+    Example:
+
+    >>> import tempfile, keras_metaformer
+    >>> from keras_metaformer.export import export_saved_model
+    >>> model = keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16),
+    ...     input_shape=(32, 32, 3), classes=3, weights=None)
+    >>> export_saved_model(model, tempfile.mkdtemp(), class_names=["a", "b", "c"])  # doctest: +SKIP
+    '/tmp/.../1'
+    """
+    spec = _export_spec(model, version, class_names, top_k, config, model_name)
+    directory = os.path.abspath(os.fspath(directory))
+    target = os.path.join(directory, str(spec["version"]))
+    if os.path.exists(target) and not overwrite:
+        raise FileExistsError(
+            f"{target} already exists. TF Serving treats each version folder "
+            "as immutable: pass a new `version`, or `overwrite=True` to replace it."
+        )
+    os.makedirs(directory, exist_ok=True)
+    # Written beside the target and renamed in one step: TF Serving polls the
+    # base path, and must never load a half-written version.
+    staging = tempfile.mkdtemp(prefix=f".{spec['version']}-", dir=directory)
+    try:
+        if keras.backend.backend() == "tensorflow":
+            _write(model, staging, spec, warmup)
+        else:
+            _write_in_tensorflow_process(model, staging, spec, warmup)
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    from keras_metaformer.export.serving import write_models_config
+
+    write_models_config(directory, spec["model_name"])
+    return target
+
+
+def _export_spec(model, version, class_names, top_k, config, model_name):
+    """Checks the arguments; returns what the TF-side writer needs, as JSON types."""
+    if not isinstance(version, (int, np.integer)) or isinstance(version, bool) or version < 1:
+        raise ValueError(
+            f"`version` must be a positive integer (TF Serving's version folder name). Received {version!r}."
+        )
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[-1] != 3 or None in shape[1:3] or shape[1] != shape[2]:
+        raise ValueError(
+            "export_saved_model needs a model taking square RGB images of a "
+            f"fixed size, (batch, size, size, 3). This model takes {shape}. Build it "
+            "with e.g. `input_shape=(224, 224, 3)`."
+        )
+    output_shape = tuple(model.output_shape)
+    if len(output_shape) != 2:
+        raise ValueError(
+            f"export_saved_model needs a classifier with outputs (batch, classes); this "
+            f"model outputs {output_shape}. Build it with `include_top=True`."
+        )
+    classes = output_shape[1]
+    if class_names is None:
+        names = [n.split(",")[0] for _, n in imagenet_classes()] if classes == 1000 else None
+        class_names = names or [str(i) for i in range(classes)]
+    class_names = [str(name) for name in class_names]
+    if len(class_names) != classes:
+        raise ValueError(f"Got {len(class_names)} class names for a model with {classes} classes.")
+    top_k = min(5, classes) if top_k is None else top_k
+    if not 1 <= int(top_k) <= classes:
+        raise ValueError(f"`top_k` must be between 1 and {classes} (the classes). Received {top_k}.")
+    config = preprocessing_config(model, config)
+    return {
+        "version": int(version),
+        "class_names": class_names,
+        "top_k": int(top_k),
+        "image_size": int(shape[1]),
+        "crop_pct": float(config.crop_pct),
+        "interpolation": config.interpolation,
+        "from_logits": outputs_logits(model),
+        "model_name": model_name or model.name,
+    }
+
+
+def preprocessing_config(model, config=None):
+    """The evaluation transform for `model`: `config` itself, or the one its name implies."""
+    if isinstance(config, PretrainedConfig):
+        return config
+    if isinstance(config, str):
+        return get_pretrained_config(config)
+    archs = {c.arch for c in PRETRAINED_CONFIGS.values()}
+    matches = [a for a in archs if model.name == a or model.name.startswith(a + "_")]
+    if matches:
+        return get_pretrained_config(max(matches, key=len))
+    return PretrainedConfig(arch=model.name, tag="custom", hub_id="")
+
+
+def outputs_logits(model):
+    """Whether the model's last layer outputs logits (linear) or probabilities (softmax)."""
+    activation = getattr(model.layers[-1], "activation", None)
+    name = getattr(activation, "__name__", None)
+    if name == "softmax":
+        return False
+    if name == "linear":
+        return True
+    raise ValueError(
+        "Cannot tell whether this model outputs probabilities or logits: its "
+        f"last layer {model.layers[-1].name!r} has activation {name or activation!r}. "
+        "End the model with a Dense layer with activation 'softmax' or None."
+    )
+
+
+def _write(model, path, spec, warmup):
+    """Writes the SavedModel with TensorFlow (TF backend only)."""
+    import tensorflow as tf
+
+    from keras_metaformer.data.transforms import resize_and_center_crop
+
+    size = spec["image_size"]
+
+    def probabilities(images):
+        outputs = tf.cast(model(images, training=False), tf.float32)
+        return tf.nn.softmax(outputs) if spec["from_logits"] else outputs
+
+    def decode(encoded):
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        image = tf.cast(image, tf.float32)
+        return resize_and_center_crop(image, size, spec["crop_pct"], spec["interpolation"])
+
+    names = tf.constant(spec["class_names"])
+
+    def serve(images):
+        return {PROBABILITIES: probabilities(images)}
+
+    def classify(image_bytes):
+        images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec((size, size, 3), tf.float32))
+        scores, ids = tf.math.top_k(probabilities(images), k=spec["top_k"])
+        return dict(zip(CLASSIFY_OUTPUTS, (ids, tf.gather(names, ids), scores)))
+
+    # Not `archive.track(model)`: Keras 3.15 would then save every weight
+    # twice (as Keras variables and as the TF variables the endpoints use),
+    # doubling the size. The endpoints track the variables they use.
+    archive = keras.export.ExportArchive()
+    archive.add_endpoint(SERVING_DEFAULT, serve, [tf.TensorSpec((None, size, size, 3), tf.float32, name=IMAGES)])
+    archive.add_endpoint(CLASSIFY, classify, [tf.TensorSpec((None,), tf.string, name=IMAGE_BYTES)])
+    archive.write_out(path, verbose=False)
+    if warmup:
+        from keras_metaformer.export.serving import write_warmup_requests
+
+        write_warmup_requests(path, spec["model_name"], size)
+
+
+def _write_in_tensorflow_process(model, path, spec, warmup):
+    with tempfile.TemporaryDirectory() as scratch:
+        model_file = os.path.join(scratch, "model.keras")
+        model.save(model_file)
+        spec_file = os.path.join(scratch, "spec.json")
+        with open(spec_file, "w") as f:
+            json.dump(dict(spec, warmup=warmup), f)
+        environment = dict(os.environ, KERAS_BACKEND="tensorflow")
+        result = subprocess.run(
+            [sys.executable, "-m", "keras_metaformer.export.saved_model", model_file, spec_file, path],
+            env=environment, capture_output=True, text=True,
+        )
+    if result.returncode != 0:
+        raise RuntimeError(
+            "Exporting through the TensorFlow backend failed (the model was saved "
+            f"as .keras and loaded there):\n{result.stderr[-3000:]}"
+        )
+
+
+def _main(model_file, spec_file, path):
+    import keras_metaformer  # noqa: F401  (registers the layers the file refers to)
+
+    with open(spec_file) as f:
+        spec = json.load(f)
+    _write(keras.saving.load_model(model_file, compile=False), path, spec, spec.pop("warmup"))
+
+
+if __name__ == "__main__":
+    _main(*sys.argv[1:])

@@ -1,0 +1,132 @@
+"""TFLite (LiteRT) files: float32, float16, dynamic-range int8, full-integer int8.
+
+Every file uses TFLite builtin ops only (no Flex / SELECT_TF_OPS), so it
+runs with the small LiteRT runtime on phones. `run_tflite` runs them with
+the `ai-edge-litert` interpreter (`tf.lite.Interpreter` is deprecated).
+"""
+
+import os
+import tempfile
+
+import numpy as np
+
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+
+
+def export_tflite(model, path, quantize="float32", representative_images=None, max_calibration_images=200):
+    """Converts a Keras image classifier to a `.tflite` file.
+
+    The file takes float32 RGB images in `[0, 255]` (uint8 pixels for
+    `"int8"`), shape `(batch, size, size, 3)`, and returns float32 class
+    probabilities, like the SavedModel's `serving_default`.
+
+    Args:
+        model: a Keras classifier (see `export_saved_model`); on the JAX
+            backend it is converted through a TensorFlow-backend subprocess.
+        path: the `.tflite` file to write.
+        quantize: `"float32"` (none), `"float16"` (weights in float16),
+            `"dynamic"` (weights in int8, activations float), or `"int8"`
+            (weights and activations int8, calibrated on
+            `representative_images`; uint8 image input, float32 output).
+        representative_images: for `"int8"`: float `[0, 255]` images
+            `(n, size, size, 3)`, or a `tf.data.Dataset` yielding such
+            batches (or `(images, labels)`), e.g. from `keras_metaformer.data`.
+        max_calibration_images: how many images calibrate `"int8"`.
+
+    Returns:
+        `path`.
+    """
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"Unknown quantization {quantize!r}. Expected one of {QUANTIZATIONS}.")
+    if quantize == "int8" and representative_images is None:
+        raise ValueError(
+            "Full-integer int8 needs `representative_images` to calibrate activation "
+            "ranges: a few hundred images like those the model will see, e.g. "
+            "`keras_metaformer.data.from_directory(..., training=False)`."
+        )
+    import tensorflow as tf
+
+    from keras_metaformer.export.saved_model import export_saved_model
+
+    with tempfile.TemporaryDirectory() as scratch:
+        saved_model = export_saved_model(model, scratch, warmup=False, overwrite=True)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=["serving_default"])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantize != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "int8":
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.representative_dataset = _calibration(representative_images, max_calibration_images)
+            # Pixels are integers in [0, 255]: uint8 input loses nothing.
+            converter.inference_input_type = tf.uint8
+        flatbuffer = converter.convert()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    partial = f"{path}.partial"
+    with open(partial, "wb") as f:
+        f.write(flatbuffer)
+    os.replace(partial, path)
+    return path
+
+
+def _calibration(images, limit):
+    def batches():
+        if hasattr(images, "as_numpy_iterator"):
+            for batch in images.as_numpy_iterator():
+                yield batch[0] if isinstance(batch, tuple) else batch
+        else:
+            yield np.asarray(images)
+
+    def representative_dataset():
+        count = 0
+        for batch in batches():
+            for image in np.asarray(batch, dtype="float32"):
+                if count == limit:
+                    return
+                count += 1
+                yield [image[None]]
+
+    return representative_dataset
+
+
+def _interpreter(path, num_threads):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as error:
+        raise ImportError("Running .tflite files needs the LiteRT runtime: `pip install ai-edge-litert`.") from error
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No .tflite file at {path!r}.")
+    return Interpreter(model_path=os.fspath(path), num_threads=num_threads)
+
+
+def tflite_ops(path):
+    """The sorted names of the operators a `.tflite` file uses."""
+    interpreter = _interpreter(path, 1)
+    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
+
+
+def run_tflite(path, images, num_threads=2):
+    """Class probabilities of `images` (float `[0, 255]`, NHWC) from a `.tflite` file.
+
+    Quantised inputs and outputs are converted with the file's own scale and
+    zero point, so every file takes and returns the same as the float one.
+    """
+    images = np.asarray(images, dtype="float32")
+    interpreter = _interpreter(path, num_threads)
+    (input_detail,) = interpreter.get_input_details()
+    (output_detail,) = interpreter.get_output_details()
+    interpreter.resize_tensor_input(input_detail["index"], images.shape)
+    interpreter.allocate_tensors()
+    dtype = input_detail["dtype"]
+    if np.issubdtype(dtype, np.integer):
+        scale, zero_point = input_detail["quantization"]
+        limits = np.iinfo(dtype)
+        images = np.clip(np.round(images / scale + zero_point), limits.min, limits.max).astype(dtype)
+    interpreter.set_tensor(input_detail["index"], images)
+    interpreter.invoke()
+    outputs = interpreter.get_tensor(output_detail["index"])
+    if np.issubdtype(outputs.dtype, np.integer):
+        scale, zero_point = output_detail["quantization"]
+        outputs = (outputs.astype("float32") - zero_point) * scale
+    return outputs

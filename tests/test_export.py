@@ -1,0 +1,289 @@
+"""SavedModel for TF Serving and TFLite files, checked against the Keras model.
+
+A small MetaFormer is trained on scikit-learn's digits first, so that the
+quantised files are compared with a model that has learned something: top-1
+agreement on random weights would say little.
+"""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_metaformer
+from keras_metaformer import export
+from keras_metaformer.weights import PretrainedConfig
+
+tf = pytest.importorskip("tensorflow")
+
+BACKEND = keras.backend.backend()
+SIZE = 32
+NAMES = [f"digit {i}" for i in range(10)]
+# The images are already at the model's size: no resize, so the bytes
+# signature sees exactly the pixels the Keras model sees.
+IDENTITY_TRANSFORM = PretrainedConfig("digits", "test", hub_id="", input_size=(SIZE, SIZE), crop_pct=1.0)
+
+
+def _digits(images, labels):
+    dataset = keras_metaformer.data.from_arrays(
+        images, labels, training=False, image_size=SIZE, crop_pct=1.0, batch_size=128, num_classes=10
+    )
+    return np.concatenate([x for x, _ in dataset.as_numpy_iterator()])
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    loaded = load_digits()
+    images = np.round(loaded.images * (255.0 / 16.0)).astype("uint8")
+    train, val = slice(0, 1437), slice(1437, None)
+    return (
+        (_digits(images[train], loaded.target[train]), loaded.target[train]),
+        (_digits(images[val], loaded.target[val]), loaded.target[val]),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    (train_x, train_y), (val_x, val_y) = digits
+    keras.utils.set_random_seed(0)
+    model = keras_metaformer.MetaFormer(
+        depths=(1, 1), dims=(16, 32), input_shape=(SIZE, SIZE, 3), classes=10, weights=None, name="digits"
+    )
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(train_x, train_y, batch_size=64, epochs=10, verbose=0)
+    accuracy = np.mean(np.argmax(model.predict(val_x, verbose=0), -1) == val_y)
+    assert accuracy > 0.8, f"the test model did not learn the digits ({accuracy:.1%})"
+    return model
+
+
+@pytest.fixture(scope="module")
+def saved_model(trained, tmp_path_factory):
+    return export.export_saved_model(
+        trained, tmp_path_factory.mktemp("serving") / "digits", class_names=NAMES, config=IDENTITY_TRANSFORM
+    )
+
+
+@pytest.fixture(scope="module")
+def loaded(saved_model):
+    return tf.saved_model.load(saved_model)
+
+
+def _png(images):
+    return [tf.io.encode_png(image.astype("uint8")).numpy() for image in images]
+
+
+def test_export_runs_in_a_fresh_process_with_plain_tensorflow(trained, saved_model, digits, tmp_path):
+    images = digits[1][0][:16]
+    np.save(tmp_path / "images.npy", images)
+    script = textwrap.dedent(f"""
+        import sys, numpy as np, tensorflow as tf
+        loaded = tf.saved_model.load({saved_model!r})
+        assert "keras_metaformer" not in sys.modules
+        images = np.load({str(tmp_path / "images.npy")!r})
+        probabilities = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"]
+        encoded = [tf.io.encode_png(image.astype("uint8")).numpy() for image in images]
+        top = loaded.signatures["classify_images"](image_bytes=tf.constant(encoded))
+        np.savez({str(tmp_path / "out.npz")!r}, probabilities=probabilities.numpy(),
+                 ids=top["class_ids"].numpy(), scores=top["scores"].numpy(), names=top["class_names"].numpy())
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz", allow_pickle=True)
+    expected = np.asarray(trained.predict(images, verbose=0))
+    np.testing.assert_allclose(out["probabilities"], expected, atol=1e-5)
+    top5 = np.argsort(-expected, axis=-1)[:, :5]
+    np.testing.assert_array_equal(out["ids"], top5)
+    np.testing.assert_allclose(out["scores"], np.take_along_axis(expected, top5, -1), atol=1e-5)
+    assert [name.decode() for name in out["names"][0]] == [NAMES[i] for i in top5[0]]
+
+
+def test_saved_model_cli_shows_what_tf_serving_needs(saved_model):
+    result = subprocess.run(
+        [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir", saved_model, "--all"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    signatures = {}
+    for block in result.stdout.split("signature_def['")[1:]:
+        signatures[block.split("'")[0]] = block
+    assert {"serving_default", "classify_images"} <= set(signatures)
+
+    def tensor(block, name, dtype, shape):
+        pattern = f"['{name}'] tensor_info:\n        dtype: {dtype}\n        shape: {shape}"
+        assert pattern in block, (pattern, block)
+
+    tensor(signatures["serving_default"], "images", "DT_FLOAT", f"(-1, {SIZE}, {SIZE}, 3)")
+    tensor(signatures["serving_default"], "probabilities", "DT_FLOAT", "(-1, 10)")
+    tensor(signatures["classify_images"], "image_bytes", "DT_STRING", "(-1)")
+    tensor(signatures["classify_images"], "class_ids", "DT_INT32", "(-1, 5)")
+    tensor(signatures["classify_images"], "class_names", "DT_STRING", "(-1, 5)")
+    tensor(signatures["classify_images"], "scores", "DT_FLOAT", "(-1, 5)")
+    assert "Method name is: tensorflow/serving/predict" in signatures["serving_default"]
+
+
+def test_saved_model_stores_each_weight_once(trained, saved_model):
+    reader = tf.train.load_checkpoint(os.path.join(saved_model, "variables", "variables"))
+    stored = sum(int(np.prod(shape)) for shape in reader.get_variable_to_shape_map().values())
+    assert trained.count_params() <= stored < 1.01 * trained.count_params() + 16
+
+
+def test_warmup_records_parse_and_run(saved_model, loaded):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = os.path.join(saved_model, "assets.extra", "tf_serving_warmup_requests")
+    signatures = []
+    for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+        assert request.model_spec.name == "digits"
+        inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
+        outputs = loaded.signatures[request.model_spec.signature_name](**inputs)
+        batch = len(next(iter(inputs.values())))
+        for value in outputs.values():
+            assert value.shape[0] == batch
+            if value.dtype.is_floating:
+                assert np.isfinite(value.numpy()).all()
+        signatures.append(request.model_spec.signature_name)
+    assert sorted(signatures) == ["classify_images", "serving_default"]
+
+
+def test_a_corrupt_image_fails_its_request_and_the_next_succeeds(loaded, digits):
+    classify = loaded.signatures["classify_images"]
+    for bad in (b"not an image", _png(digits[1][0][:1])[0][:40]):
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            classify(image_bytes=tf.constant([bad]))
+    outputs = classify(image_bytes=tf.constant(_png(digits[1][0][:2])))
+    assert outputs["class_ids"].shape == (2, 5)
+
+
+def _serve_rest(loaded, body):
+    """Decodes a REST body as TF Serving does (row format, {"b64": ...} for bytes) and runs it."""
+    body = json.loads(json.dumps(body))  # what travels over HTTP
+    signature = loaded.signatures[body.get("signature_name", "serving_default")]
+    (name,) = signature.structured_input_signature[1]
+    instances = body["instances"]
+    if isinstance(instances[0], dict):
+        value = tf.constant([base64.b64decode(instance["b64"]) for instance in instances])
+    else:
+        value = tf.constant(instances, tf.float32)
+    return signature(**{name: value})
+
+
+def _serve_grpc(loaded, request):
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest.FromString(request.SerializeToString())
+    inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
+    return loaded.signatures[request.model_spec.signature_name](**inputs)
+
+
+def test_rest_and_grpc_requests_run_against_the_signatures(trained, loaded, digits):
+    images = digits[1][0][:3]
+    expected = np.asarray(trained.predict(images, verbose=0))
+    encoded = _png(images)
+    for serve, build in (
+        (_serve_rest, lambda signature, inputs: export.rest_request(signature, inputs)),
+        (_serve_grpc, lambda signature, inputs: export.grpc_request("digits", signature, inputs)),
+    ):
+        outputs = serve(loaded, build("serving_default", {"images": images}))
+        np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-5)
+        outputs = serve(loaded, build("classify_images", {"image_bytes": encoded}))
+        np.testing.assert_array_equal(outputs["class_ids"].numpy()[:, 0], expected.argmax(-1))
+
+
+def test_models_config_parses_as_tf_serving_config(saved_model):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    with open(os.path.join(os.path.dirname(saved_model), "models.config")) as f:
+        config = text_format.Parse(f.read(), model_server_config_pb2.ModelServerConfig())
+    (entry,) = config.model_config_list.config
+    assert (entry.name, entry.base_path, entry.model_platform) == ("digits", "/models/digits", "tensorflow")
+
+
+def test_an_existing_version_is_kept_and_a_failed_export_leaves_nothing(trained, saved_model, monkeypatch):
+    base = os.path.dirname(saved_model)
+    before = sorted(os.listdir(base))
+    with pytest.raises(FileExistsError, match="new `version`"):
+        export.export_saved_model(trained, base, version=1)
+    from keras_metaformer.export import saved_model as module
+
+    def fail(*args):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(module, "_write", fail)
+    monkeypatch.setattr(module, "_write_in_tensorflow_process", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export.export_saved_model(trained, base, version=2)
+    assert sorted(os.listdir(base)) == before  # no version 2, no staging folder
+
+
+def test_export_explains_bad_arguments(trained, tmp_path):
+    with pytest.raises(ValueError, match="positive integer"):
+        export.export_saved_model(trained, tmp_path, version=0)
+    with pytest.raises(ValueError, match="3 class names for a model with 10 classes"):
+        export.export_saved_model(trained, tmp_path, class_names=["a", "b", "c"])
+    backbone = keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), include_top=False, weights=None)
+    with pytest.raises(ValueError, match="fixed size"):
+        export.export_saved_model(backbone, tmp_path)
+    with pytest.raises(ValueError, match="Unknown quantization 'int4'"):
+        export.export_tflite(trained, tmp_path / "m.tflite", quantize="int4")
+    with pytest.raises(ValueError, match="representative_images"):
+        export.export_tflite(trained, tmp_path / "m.tflite", quantize="int8")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def tflite_files(trained, digits, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tflite")
+    # Quantisation happens on the TensorFlow graph whatever the backend: on
+    # JAX, float32 alone shows that the path through TensorFlow works.
+    quantizations = export.QUANTIZATIONS if BACKEND == "tensorflow" else ("float32",)
+    calibration = digits[0][0][:200]
+    return {
+        quantize: export.export_tflite(trained, folder / f"{quantize}.tflite", quantize=quantize,
+                                       representative_images=calibration)
+        for quantize in quantizations
+    }
+
+
+def test_tflite_files_use_builtin_ops_only(tflite_files):
+    for quantize, path in tflite_files.items():
+        ops = export.tflite_ops(path)
+        assert "CONV_2D" in ops and "AVERAGE_POOL_2D" in ops
+        assert not [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE")], (quantize, ops)
+
+
+def test_tflite_float32_matches_keras(trained, tflite_files, digits):
+    images = digits[1][0][:32]
+    expected = np.asarray(trained.predict(images, verbose=0))
+    np.testing.assert_allclose(export.run_tflite(tflite_files["float32"], images), expected, atol=1e-4)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="quantisation is backend-independent; run once")
+def test_quantised_tflite_files_agree_with_keras_on_real_digits(trained, tflite_files, digits):
+    images = digits[1][0]  # 360 digits never used for training or calibration
+    top1 = np.asarray(trained.predict(images, verbose=0)).argmax(-1)
+    agreement = {q: np.mean(export.run_tflite(path, images).argmax(-1) == top1) for q, path in tflite_files.items()}
+    assert agreement["float16"] >= 0.99, agreement
+    assert agreement["dynamic"] >= 0.95, agreement
+    assert agreement["int8"] >= 0.95, agreement
+    sizes = {q: os.path.getsize(path) for q, path in tflite_files.items()}
+    assert sizes["float16"] < sizes["float32"] and sizes["dynamic"] < sizes["float16"], sizes
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="quantisation is backend-independent; run once")
+def test_int8_file_takes_uint8_pixels(tflite_files):
+    from ai_edge_litert.interpreter import Interpreter
+
+    (detail,) = Interpreter(model_path=str(tflite_files["int8"])).get_input_details()
+    assert detail["dtype"] == np.uint8
+    scale, zero_point = detail["quantization"]
+    assert abs(scale - 1.0) < 0.01 and zero_point == 0  # pixels map one to one
