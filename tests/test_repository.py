@@ -38,3 +38,15 @@ def test_library_imports_only_keras_and_numpy():
     environment = dict(os.environ, KERAS_BACKEND="jax")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, check=True)
     assert out.stdout.strip() == "['keras_metaformer']", out.stdout
+
+
+def test_export_cli_and_distribute_import_no_tensorflow():
+    # They import TensorFlow (and PIL, LiteRT) only inside the functions that need it.
+    code = (
+        "import sys, keras, numpy; before = set(sys.modules); "
+        "import keras_metaformer.export, keras_metaformer.cli, keras_metaformer.distribute, keras_metaformer.macs; "
+        "print(sorted({m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names)))"
+    )
+    environment = dict(os.environ, KERAS_BACKEND="jax")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, check=True)
+    assert out.stdout.strip() == "['keras_metaformer']", out.stdout
