@@ -27,26 +27,25 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert script == [_readme_commands()[1]]
 
 
-def test_library_imports_only_keras_and_numpy():
-    # TensorFlow-only or optional parts (safetensors, PIL, ...) load only
-    # when used: importing the package adds no top-level module but itself.
+def _new_third_party_modules(statement):
+    """Top-level non-stdlib modules that `statement` imports beyond keras and numpy."""
     code = (
         "import sys, keras, numpy; before = set(sys.modules); "
-        "import keras_metaformer; "
-        "print(sorted({m.split('.')[0] for m in set(sys.modules) - before}))"
-    )
-    environment = dict(os.environ, KERAS_BACKEND="jax")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, check=True)
-    assert out.stdout.strip() == "['keras_metaformer']", out.stdout
-
-
-def test_export_cli_and_distribute_import_no_tensorflow():
-    # They import TensorFlow (and PIL, LiteRT) only inside the functions that need it.
-    code = (
-        "import sys, keras, numpy; before = set(sys.modules); "
-        "import keras_metaformer.export, keras_metaformer.cli, keras_metaformer.distribute, keras_metaformer.macs; "
+        f"{statement}; "
         "print(sorted({m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names)))"
     )
     environment = dict(os.environ, KERAS_BACKEND="jax")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, check=True)
-    assert out.stdout.strip() == "['keras_metaformer']", out.stdout
+    return out.stdout.strip()
+
+
+def test_library_imports_only_keras_and_numpy():
+    # TensorFlow-only or optional parts (safetensors, PIL, ...) load only
+    # when used: importing the package adds no top-level module but itself.
+    assert _new_third_party_modules("import keras_metaformer") == "['keras_metaformer']"
+
+
+def test_export_cli_and_distribute_import_no_tensorflow():
+    # They import TensorFlow (and PIL, LiteRT) only inside the functions that need it.
+    statement = "import keras_metaformer.export, keras_metaformer.cli, keras_metaformer.distribute"
+    assert _new_third_party_modules(statement) == "['keras_metaformer']"
