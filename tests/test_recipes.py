@@ -112,3 +112,17 @@ def test_check_export_prints_a_row_per_export(tmp_path, capsys):
     check_export.main([str(tmp_path / "digits.keras")])
     rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert rows == ["export", "SavedModel", "TFLite float32", "TFLite float16", "TFLite dynamic", "TFLite int8"]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the benchmark starts its own backends; run once")
+def test_benchmark_smoke_prints_a_table_and_draws_a_chart(tmp_path):
+    result = run_recipe("--smoke", "--engines", "tf,timm", "--precisions", "float32", "--output", tmp_path,
+                        "--torch-python", sys.executable, recipe="benchmark.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| tiny |")]
+    assert len(rows) == 1 and rows[0].startswith("| tiny | float32 | tf |"), result.stdout
+    latency, throughput, training = (float(cell.split()[0]) for cell in rows[0].split("|")[4:7])
+    assert latency > 0 and throughput > 0 and training > 0
+    assert "timm: not run" in result.stdout  # no torch in the test environment
+    assert (tmp_path / "benchmark.md").read_text().strip() in result.stdout
+    assert (tmp_path / "benchmark.png").read_bytes().startswith(b"\x89PNG")

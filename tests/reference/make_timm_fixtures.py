@@ -103,7 +103,7 @@ class _TorchvisionStub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         pass
 
 
-def _import_timm():
+def import_timm():
     try:
         import torchvision  # noqa: F401
     except ImportError:
@@ -232,7 +232,7 @@ def _check_authors_keys(metaformer, model, v1):
 
 
 def write_fixtures():
-    timm, torch, metaformer = _import_timm()
+    timm, torch, metaformer = import_timm()
     keys = {}
     seed = 0
     for family, sizes in SIZES.items():
@@ -267,7 +267,7 @@ def write_full(directory, archs):
     """Full-size references of `archs` (timm names, `@384` for 384x384)."""
     from safetensors.numpy import save_file
 
-    timm, torch, _ = _import_timm()
+    timm, torch, _ = import_timm()
     os.makedirs(directory, exist_ok=True)
     for seed, name in enumerate(archs):
         arch, _, size = name.partition("@")

@@ -1,0 +1,294 @@
+"""Speed and memory of our models against timm's PyTorch reference, in one run.
+
+Command:   python recipes/benchmark.py --torch-python /work/refvenv/bin/python
+           python recipes/benchmark.py --models poolformer_s12      (the targets' row only)
+Hardware:  this 2-core CPU: about 4 minutes per model and precision for all
+           engines; PoolFormer-M48 several times that.
+Result:    a markdown table (stdout and <output>/benchmark.md) and a bar chart
+           (<output>/benchmark.png): per model, engine and precision, batch-1
+           latency (ms), batch-32 throughput (img/s), batch-32 training
+           throughput (img/s), peak resident memory (MiB), and each number as a
+           ratio to timm's torch.compile (inference) or eager (training) in the
+           same run.
+
+Engines: `tf` (TensorFlow graph), `tf-xla` (jit_compile), `jax` (jax.jit),
+`tflite` (LiteRT, float32 only), `timm` (PyTorch eager) and `timm-compile`
+(torch.compile), PyTorch with channels-last tensors and bfloat16 through
+autocast, Keras through the `mixed_bfloat16` policy. Every engine runs in
+its own process with the same thread count (2), 224x224 inputs, random
+weights, a warm-up, and the median of repeated timings. timm runs when the
+interpreter given by --torch-python (default: this one) has torch and timm;
+timm's torchvision import is stubbed as in tests/reference.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = ("poolformer_s12", "poolformer_s24", "poolformer_s36", "poolformer_m36", "poolformer_m48",
+          "convformer_s18", "caformer_s18")
+ENGINES = ("tf", "tf-xla", "jax", "tflite", "timm", "timm-compile")
+PRECISIONS = ("float32", "bfloat16")
+# Inference is compared with torch.compile, training with eager PyTorch.
+BASELINE = {"inference": "timm-compile", "training": "timm"}
+
+
+def timed(step, warmup, repeats):
+    """Median seconds of `step()` after `warmup` calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def keras_worker(engine, arch, precision, options):
+    os.environ["KERAS_BACKEND"] = "jax" if engine == "jax" else "tensorflow"
+    if engine == "jax":
+        os.environ["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={options.threads}"
+    import keras
+    import numpy as np
+
+    import keras_metaformer
+
+    if engine != "jax":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(options.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    if precision == "bfloat16":
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    size = options.image_size
+    model = keras_metaformer.BUILDERS[arch](weights=None, input_shape=(size, size, 3)) if arch in \
+        keras_metaformer.BUILDERS else keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), weights=None,
+                                                                   input_shape=(size, size, 3))
+    rng = np.random.default_rng(0)
+    images = {b: rng.uniform(0, 255, (b, size, size, 3)).astype("float32") for b in (1, options.batch)}
+    if engine == "tflite":
+        return tflite_worker(model, images, options)
+    if engine == "jax":
+        import jax
+
+        variables = (model.trainable_variables, model.non_trainable_variables)
+        state = tuple([v.value for v in group] for group in variables)
+        forward = jax.jit(lambda state, x: model.stateless_call(*state, x, training=False)[0])
+
+        def infer(x):
+            return lambda: forward(state, x).block_until_ready()
+    else:
+        forward = tf.function(lambda x: model(x, training=False), jit_compile=engine == "tf-xla")
+
+        def infer(x):
+            x = tf.constant(x)
+            return lambda: forward(x).numpy()
+
+    result = {
+        "latency_ms": 1e3 * timed(infer(images[1]), options.warmup, options.repeats * 4),
+        "throughput": options.batch / timed(infer(images[options.batch]), options.warmup, options.repeats),
+    }
+    labels = np.eye(model.output_shape[-1], dtype="float32")[rng.integers(0, model.output_shape[-1], options.batch)]
+    model.compile(keras.optimizers.AdamW(1e-3), keras.losses.CategoricalCrossentropy(),
+                  jit_compile=engine != "tf")
+    x = images[options.batch]
+    step = lambda: model.train_on_batch(x, labels)  # noqa: E731
+    result["train_throughput"] = options.batch / timed(step, options.warmup, options.repeats)
+    return result
+
+
+def tflite_worker(model, images, options):
+    import tempfile
+
+    from keras_metaformer.export import export_tflite
+    from keras_metaformer.export.tflite import _interpreter
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = export_tflite(model, os.path.join(scratch, "model.tflite"))
+        result = {}
+        for batch, key in ((1, "latency_ms"), (options.batch, "throughput")):
+            interpreter = _interpreter(path, options.threads)
+            (detail,) = interpreter.get_input_details()
+            interpreter.resize_tensor_input(detail["index"], images[batch].shape)
+            interpreter.allocate_tensors()
+            interpreter.set_tensor(detail["index"], images[batch])
+            seconds = timed(interpreter.invoke, options.warmup, options.repeats * (4 if batch == 1 else 1))
+            result[key] = 1e3 * seconds if batch == 1 else batch / seconds
+    return result
+
+
+def timm_worker(engine, arch, precision, options):
+    sys.path.insert(0, os.path.join(REPO, "tests", "reference"))
+    from make_timm_fixtures import import_timm
+
+    timm, torch, _ = import_timm()
+    torch.set_num_threads(options.threads)
+    size = options.image_size
+    model = timm.create_model(arch if arch in MODELS else "poolformer_s12", pretrained=False)
+    model = model.to(memory_format=torch.channels_last)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
+    images = {b: torch.rand(b, 3, size, size).mul(255).to(memory_format=torch.channels_last)
+              for b in (1, options.batch)}
+    runner = torch.compile(model) if engine == "timm-compile" else model
+
+    def infer(x):
+        def step():
+            with torch.inference_mode(), autocast:
+                runner(x)
+        return step
+
+    model.eval()
+    result = {
+        "latency_ms": 1e3 * timed(infer(images[1]), options.warmup, options.repeats * 4),
+        "throughput": options.batch / timed(infer(images[options.batch]), options.warmup, options.repeats),
+    }
+    if engine == "timm":  # training is compared with eager PyTorch only
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+        labels = torch.randint(0, 1000, (options.batch,))
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                loss = torch.nn.functional.cross_entropy(model(images[options.batch]), labels)
+            loss.backward()
+            optimizer.step()
+
+        result["train_throughput"] = options.batch / timed(step, options.warmup, options.repeats)
+    return result
+
+
+def worker(options):
+    engine, arch, precision = options.worker
+    run = timm_worker if engine.startswith("timm") else keras_worker
+    result = run(engine, arch, precision, options)
+    # Peak resident memory of this process (Linux reports KiB).
+    result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result))
+
+
+def measure(engine, arch, precision, options):
+    python = options.torch_python if engine.startswith("timm") else sys.executable
+    command = [python, os.path.abspath(__file__), "--worker", engine, arch, precision,
+               *[f"--{name.replace('_', '-')}={getattr(options, name)}"
+                 for name in ("batch", "warmup", "repeats", "threads", "image_size")]]
+    environment = dict(os.environ, OMP_NUM_THREADS=str(options.threads), TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(command, capture_output=True, text=True, env=environment)
+    for line in result.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+    print(f"  {engine} {arch} {precision}: failed ({reason[:200]})", file=sys.stderr)
+    return None
+
+
+def has_timm(python):
+    check = subprocess.run([python, "-c", "import torch, timm"], capture_output=True)
+    return check.returncode == 0
+
+
+def ratio(value, baseline, lower_is_better=False):
+    if value is None or not baseline:
+        return ""
+    return f" ({(baseline / value if lower_is_better else value / baseline):.2f}x)"
+
+
+def table(results, batch):
+    lines = [
+        f"| model | precision | engine | batch-1 latency (ms) | batch-{batch} img/s | batch-{batch} training img/s "
+        "| peak MiB |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for (arch, precision), rows in results.items():
+        infer_base = rows.get(BASELINE["inference"]) or {}
+        train_base = rows.get(BASELINE["training"]) or {}
+        for engine, row in rows.items():
+            if row is None:
+                lines.append(f"| {arch} | {precision} | {engine} | failed | | | |")
+                continue
+            latency = row.get("latency_ms")
+            # Latency ratios read as speed-ups too: timm's time over ours.
+            cells = [
+                f"{latency:.1f}{ratio(latency, infer_base.get('latency_ms'), lower_is_better=True)}",
+                f"{row['throughput']:.1f}{ratio(row['throughput'], infer_base.get('throughput'))}",
+                f"{row['train_throughput']:.1f}{ratio(row['train_throughput'], train_base.get('train_throughput'))}"
+                if "train_throughput" in row else "",
+                f"{row['peak_mib']:.0f}",
+            ]
+            lines.append(f"| {arch} | {precision} | {engine} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def chart(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    groups = list(results)
+    engines = sorted({engine for rows in results.values() for engine in rows}, key=ENGINES.index)
+    figure, axis = pyplot.subplots(figsize=(max(6, 1.6 * len(groups)), 4))
+    width = 0.8 / len(engines)
+    for index, engine in enumerate(engines):
+        values = [(results[group].get(engine) or {}).get("throughput", 0) for group in groups]
+        axis.bar([g + index * width for g in range(len(groups))], values, width, label=engine)
+    axis.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
+    axis.set_xticklabels([f"{arch}\n{precision}" for arch, precision in groups], fontsize=8)
+    axis.set_ylabel("inference images / s (higher is better)")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--precisions", default=",".join(PRECISIONS))
+    parser.add_argument("--torch-python", default=sys.executable, help="a Python with torch and timm")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="timed batches (x4 at batch 1)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--output", default="benchmark_output")
+    parser.add_argument("--smoke", action="store_true", help="a tiny model at 32x32, one repeat (CI)")
+    parser.add_argument("--worker", nargs=3, metavar=("ENGINE", "MODEL", "PRECISION"), help=argparse.SUPPRESS)
+    options = parser.parse_args(argv)
+    if options.worker:
+        return worker(options)
+    if options.smoke:
+        options.models, options.batch, options.image_size = "tiny", 4, 32
+        options.warmup, options.repeats = 1, 1
+    engines = options.engines.split(",")
+    if any(e.startswith("timm") for e in engines) and not has_timm(options.torch_python):
+        print(f"timm: not run ({options.torch_python} cannot import torch and timm; see --torch-python)")
+        engines = [e for e in engines if not e.startswith("timm")]
+    results = {}
+    for arch in options.models.split(","):
+        for precision in options.precisions.split(","):
+            rows = results[(arch, precision)] = {}
+            for engine in engines:
+                if engine == "tflite" and precision != "float32":
+                    continue  # LiteRT has no bfloat16 kernels
+                print(f"  measuring {arch} {precision} {engine} ...", file=sys.stderr, flush=True)
+                rows[engine] = measure(engine, arch, precision, options)
+    markdown = table(results, options.batch)
+    print(markdown)
+    os.makedirs(options.output, exist_ok=True)
+    with open(os.path.join(options.output, "benchmark.md"), "w") as f:
+        f.write(markdown + "\n")
+    chart(results, os.path.join(options.output, "benchmark.png"))
+    print(f"Wrote {options.output}/benchmark.md and benchmark.png")
+
+
+if __name__ == "__main__":
+    main()
