@@ -190,8 +190,9 @@ def measure(engine, arch, precision, options):
 
 
 def has_timm(python):
-    check = subprocess.run([python, "-c", "import torch, timm"], capture_output=True)
-    return check.returncode == 0
+    code = (f"import sys; sys.path.insert(0, {os.path.join(REPO, 'tests', 'reference')!r}); "
+            "from make_timm_fixtures import import_timm; import_timm()")
+    return subprocess.run([python, "-c", code], capture_output=True).returncode == 0
 
 
 def ratio(value, baseline, lower_is_better=False):

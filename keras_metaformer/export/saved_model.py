@@ -105,6 +105,8 @@ def export_saved_model(
     # Written beside the target and renamed in one step: TF Serving polls the
     # base path, and must never load a half-written version.
     staging = tempfile.mkdtemp(prefix=f".{spec['version']}-", dir=directory)
+    # mkdtemp's mode 0700 would hide the version from a server running as another user.
+    os.chmod(staging, 0o755)
     try:
         if keras.backend.backend() == "tensorflow":
             _write(model, staging, spec, warmup)
