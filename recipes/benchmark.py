@@ -108,17 +108,13 @@ def tflite_worker(model, images, options):
     import tempfile
 
     from keras_metaformer.export import export_tflite
-    from keras_metaformer.export.tflite import _interpreter
+    from keras_metaformer.export.tflite import loaded_interpreter
 
     with tempfile.TemporaryDirectory() as scratch:
         path = export_tflite(model, os.path.join(scratch, "model.tflite"))
         result = {}
         for batch, key in ((1, "latency_ms"), (options.batch, "throughput")):
-            interpreter = _interpreter(path, options.threads)
-            (detail,) = interpreter.get_input_details()
-            interpreter.resize_tensor_input(detail["index"], images[batch].shape)
-            interpreter.allocate_tensors()
-            interpreter.set_tensor(detail["index"], images[batch])
+            interpreter = loaded_interpreter(path, images[batch], options.threads)
             seconds = timed(interpreter.invoke, options.warmup, options.repeats * (4 if batch == 1 else 1))
             result[key] = 1e3 * seconds if batch == 1 else batch / seconds
     return result

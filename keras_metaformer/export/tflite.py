@@ -106,16 +106,15 @@ def tflite_ops(path):
     return sorted({op["op_name"] for op in interpreter._get_ops_details()})
 
 
-def run_tflite(path, images, num_threads=2):
-    """Class probabilities of `images` (float `[0, 255]`, NHWC) from a `.tflite` file.
+def loaded_interpreter(path, images, num_threads=2):
+    """A LiteRT interpreter with `images` (float `[0, 255]`, NHWC) set as its input.
 
-    Quantised inputs and outputs are converted with the file's own scale and
-    zero point, so every file takes and returns the same as the float one.
+    Quantised inputs are converted with the file's own scale and zero point.
+    Call `invoke()` on the result; `run_tflite` also reads the output.
     """
     images = np.asarray(images, dtype="float32")
     interpreter = _interpreter(path, num_threads)
     (input_detail,) = interpreter.get_input_details()
-    (output_detail,) = interpreter.get_output_details()
     interpreter.resize_tensor_input(input_detail["index"], images.shape)
     interpreter.allocate_tensors()
     dtype = input_detail["dtype"]
@@ -124,7 +123,18 @@ def run_tflite(path, images, num_threads=2):
         limits = np.iinfo(dtype)
         images = np.clip(np.round(images / scale + zero_point), limits.min, limits.max).astype(dtype)
     interpreter.set_tensor(input_detail["index"], images)
+    return interpreter
+
+
+def run_tflite(path, images, num_threads=2):
+    """Class probabilities of `images` (float `[0, 255]`, NHWC) from a `.tflite` file.
+
+    Quantised inputs and outputs are converted with the file's own scale and
+    zero point, so every file takes and returns the same as the float one.
+    """
+    interpreter = loaded_interpreter(path, images, num_threads)
     interpreter.invoke()
+    (output_detail,) = interpreter.get_output_details()
     outputs = interpreter.get_tensor(output_detail["index"])
     if np.issubdtype(outputs.dtype, np.integer):
         scale, zero_point = output_detail["quantization"]
