@@ -15,6 +15,9 @@ import sys
 
 import numpy as np
 
+from keras_metaformer.export.saved_model import outputs_logits
+from keras_metaformer.export.saved_model import preprocessing_config
+
 
 class CommandError(Exception):
     """A user error: printed as `error: ...` with exit status 2, no traceback."""
@@ -66,12 +69,6 @@ def read_image(path):
         raise CommandError(f"cannot read {path!r} as an image ({type(error).__name__}: {error}).") from error
 
 
-def _config_for(model):
-    from keras_metaformer.export.saved_model import preprocessing_config
-
-    return preprocessing_config(model)
-
-
 def predict(args):
     import dataclasses
 
@@ -81,10 +78,8 @@ def predict(args):
     images = [read_image(path) for path in args.images]  # fail before the model loads
     model = load_model(args.model, args.weights)
     size = model.input_shape[1]
-    config = dataclasses.replace(_config_for(model), input_size=(size, size))
+    config = dataclasses.replace(preprocessing_config(model), input_size=(size, size))
     batch = np.stack([np.asarray(resize_and_center_crop(image, config)) for image in images])
-    from keras_metaformer.export.saved_model import outputs_logits
-
     scores = np.asarray(model.predict(batch, verbose=0), dtype="float64")
     if outputs_logits(model):
         scores = np.exp(scores - scores.max(-1, keepdims=True))
@@ -127,7 +122,7 @@ def _calibration_images(args, model):
     size = model.input_shape[1]
     try:
         return data.from_directory(args.calibration_dir, training=False, image_size=size,
-                                   crop_pct=_config_for(model).crop_pct, batch_size=32)
+                                   crop_pct=preprocessing_config(model).crop_pct, batch_size=32)
     except (ValueError, FileNotFoundError) as error:
         raise CommandError(str(error)) from error
 
@@ -155,7 +150,7 @@ def info(args):
 
     model = load_model(args.model, "none", args.image_size)
     size = model.input_shape[1]
-    config = _config_for(model)
+    config = preprocessing_config(model)
     print(f"model:          {model.name}")
     print(f"parameters:     {model.count_params():,}")
     print(f"MACs:           {count_macs(model) / 1e9:.2f} G at {size}x{size}")

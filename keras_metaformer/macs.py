@@ -16,10 +16,10 @@ from keras_metaformer.layers import RandomMixer
 
 
 def _input_shape(layer):
-    shapes = list(getattr(layer, "_build_shapes_dict", None) or {})
+    shapes = getattr(layer, "_build_shapes_dict", None)
     if not shapes:
         return None
-    shape = layer._build_shapes_dict[shapes[0]]
+    shape = next(iter(shapes.values()))
     if any(dim is None for dim in shape[1:]):
         raise ValueError(
             f"Cannot count MACs: layer {layer.name!r} has input shape {shape} with an unknown size. "

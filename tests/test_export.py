@@ -135,6 +135,11 @@ def test_saved_model_stores_each_weight_once(trained, saved_model):
     assert trained.count_params() <= stored < 1.01 * trained.count_params() + 16
 
 
+def _request_inputs(request):
+    """The tensors of a PredictRequest, as the server hands them to a signature."""
+    return {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
+
+
 def test_warmup_records_parse_and_run(saved_model, loaded):
     from tensorflow_serving.apis import prediction_log_pb2
 
@@ -143,7 +148,7 @@ def test_warmup_records_parse_and_run(saved_model, loaded):
     for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
         request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
         assert request.model_spec.name == "digits"
-        inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
+        inputs = _request_inputs(request)
         outputs = loaded.signatures[request.model_spec.signature_name](**inputs)
         batch = len(next(iter(inputs.values())))
         for value in outputs.values():
@@ -180,8 +185,7 @@ def _serve_grpc(loaded, request):
     from tensorflow_serving.apis import predict_pb2
 
     request = predict_pb2.PredictRequest.FromString(request.SerializeToString())
-    inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
-    return loaded.signatures[request.model_spec.signature_name](**inputs)
+    return loaded.signatures[request.model_spec.signature_name](**_request_inputs(request))
 
 
 def test_rest_and_grpc_requests_run_against_the_signatures(trained, loaded, digits):
