@@ -17,6 +17,11 @@ class PoolMixer(keras.layers.Layer):
     The input is subtracted because the block adds it back through its
     residual connection.
 
+    Under XLA (JAX, or TensorFlow with `jit_compile=True`) the means are
+    computed as separable window sums, which XLA fuses into one loop, with a
+    matching custom gradient; elsewhere as one average-pool op, which
+    SavedModel and TFLite exports keep. Both give the same numbers.
+
     Reference: Yu et al., "MetaFormer is Actually What You Need for Vision",
     CVPR 2022.
 
