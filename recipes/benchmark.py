@@ -54,7 +54,9 @@ def timed(step, warmup, repeats):
 def keras_worker(engine, arch, precision, options):
     os.environ["KERAS_BACKEND"] = "jax" if engine == "jax" else "tensorflow"
     if engine == "jax":
-        os.environ["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={options.threads}"
+        # XLA has no thread-count flag: it sizes its CPU pool from the cores
+        # this process may run on.
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: options.threads])
     import keras
     import numpy as np
 

@@ -3,9 +3,10 @@
 Some layers have two implementations of the same maths: one made of few,
 large kernels (best when each op runs on its own, as in a TensorFlow graph
 or a TFLite model), and one made of many small element-wise ops that XLA
-fuses into a single loop (best under `jax.jit` or `jit_compile=True`, which
-Keras' `fit`, `evaluate` and `predict` use by default). Both give the same
-numbers within float32 rounding.
+fuses into a single loop (best under `jax.jit`, or TensorFlow's
+`jit_compile=True`, which Keras' `fit`, `evaluate` and `predict` use by
+default except on CPU-only TensorFlow). Both give the same numbers within
+float32 rounding.
 """
 
 import keras
