@@ -265,6 +265,19 @@ def test_tflite_files_use_builtin_ops_only(tflite_files):
         assert not [op for op in ops if op.startswith("Flex") or op in ("CUSTOM", "DELEGATE")], (quantize, ops)
 
 
+def test_tflite_float32_runs_as_one_xnnpack_partition(tflite_files):
+    # Ops the XNNPACK delegate does not take (SHAPE, reshapes through the
+    # dynamic shape) split the graph into partitions, with builtin kernels
+    # between them: a slower file, and one mobile GPU delegates reject.
+    from keras_metaformer.export.tflite import loaded_interpreter
+
+    interpreter = loaded_interpreter(tflite_files["float32"], np.zeros((2, SIZE, SIZE, 3), "float32"))
+    ops = [op["op_name"] for op in interpreter._get_ops_details()]
+    assert "SHAPE" not in ops
+    assert ops.count("DELEGATE") == 1, ops
+    assert max(len(t["shape"]) for t in interpreter.get_tensor_details()) <= 4
+
+
 def test_tflite_float32_matches_keras(trained, tflite_files, digits):
     images = digits[1][0][:32]
     expected = np.asarray(trained.predict(images, verbose=0))

@@ -159,6 +159,61 @@ def test_mlp_gelu_is_exact_not_tanh_approximation():
     np.testing.assert_allclose(_numpy(mlp(x)), ref.gelu(x), atol=2e-6)
 
 
+# --- GroupNormalization ----------------------------------------------------------
+
+
+def test_group_normalization_layer_checks():
+    check_layer(
+        layers.GroupNormalization,
+        {"groups": 1, "epsilon": 1e-5},
+        input_shape=(2, 5, 3, 4),
+        expected_output_shape=(2, 5, 3, 4),
+        expected_num_trainable_weights=2,
+    )
+
+
+def test_group_normalization_matches_numpy():
+    x = _random(3, 5, 7, 6, scale=3.0) + 2.0
+    norm = layers.GroupNormalization(groups=1, epsilon=1e-5)
+    norm.build(x.shape)
+    gamma, beta = _random(6), _random(6)
+    norm.gamma.assign(gamma)
+    norm.beta.assign(beta)
+    np.testing.assert_allclose(_numpy(norm(x)), ref.group_norm_1(x, gamma, beta, 1e-5), rtol=1e-5, atol=1e-5)
+
+
+def test_group_normalization_without_scale_and_center_matches_numpy():
+    x = _random(2, 4, 4, 3)
+    norm = layers.GroupNormalization(groups=1, epsilon=1e-5, scale=False, center=False)
+    expected = ref.group_norm_1(x, np.ones(3, "float32"), np.zeros(3, "float32"), 1e-5)
+    np.testing.assert_allclose(_numpy(norm(x)), expected, rtol=1e-5, atol=1e-5)
+    assert not norm.weights
+
+
+def test_group_normalization_with_more_groups_is_keras_layer():
+    x = _random(2, 4, 4, 6)
+    ours = layers.GroupNormalization(groups=3, epsilon=1e-5)
+    theirs = keras.layers.GroupNormalization(groups=3, epsilon=1e-5)
+    ours.build(x.shape)
+    theirs.build(x.shape)
+    gamma, beta = _random(6), _random(6)
+    for layer in (ours, theirs):
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+    np.testing.assert_allclose(_numpy(ours(x)), _numpy(theirs(x)), rtol=1e-6, atol=1e-6)
+
+
+def test_group_normalization_keeps_bfloat16_and_computes_statistics_in_float32():
+    # A large offset: in bfloat16, E[x] and the centred values lose the
+    # small variations the float32 statistics keep.
+    x = _random(2, 4, 4, 3) + 300.0
+    norm = layers.GroupNormalization(groups=1, epsilon=1e-5, dtype="mixed_bfloat16")
+    y = norm(x)
+    assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+    expected = ref.group_norm_1(x, np.ones(3, "float32"), np.zeros(3, "float32"), 1e-5)
+    np.testing.assert_allclose(_numpy(keras.ops.cast(y, "float32")), expected, atol=0.05)
+
+
 # --- PatchEmbedding ---------------------------------------------------------
 
 

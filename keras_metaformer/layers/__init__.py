@@ -15,6 +15,7 @@ from keras_metaformer.layers.layer_scale import LayerScale
 from keras_metaformer.layers.mlp import Mlp
 from keras_metaformer.layers.mlp_head import MlpHead
 from keras_metaformer.layers.norms import NORMS
+from keras_metaformer.layers.norms import GroupNormalization
 from keras_metaformer.layers.norms import get_norm
 from keras_metaformer.layers.patch_embedding import PatchEmbedding
 from keras_metaformer.layers.pool_mixer import PoolMixer
@@ -31,6 +32,7 @@ Scale = LayerScale
 __all__ = [
     "AttentionMixer",
     "DropPath",
+    "GroupNormalization",
     "IdentityMixer",
     "LayerScale",
     "MetaFormerBlock",

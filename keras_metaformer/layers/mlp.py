@@ -62,7 +62,12 @@ class Mlp(keras.layers.Layer):
         # One matrix product over all positions: XLA lowers a Dense on a
         # 4-D tensor to a batched dot that does not fuse with the bias and
         # activation, which makes the MLP about 1.4x slower on CPU.
-        shape = ops.shape(inputs)
+        # Static sizes where known: a reshape through the dynamic shape adds
+        # SHAPE ops that TFLite's XNNPACK delegate does not take.
+        shape = inputs.shape
+        if any(size is None for size in shape[1:]):
+            shape = ops.shape(inputs)
+        shape = (-1, *shape[1:])
         x = ops.reshape(inputs, (-1, shape[-1]))
         rows = None if training else self._chunk_rows(x.shape[0])
         if rows is None:

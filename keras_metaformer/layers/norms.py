@@ -13,8 +13,48 @@ PyTorch's (1e-5) and would break parity with pretrained weights.
 """
 
 import keras
+from keras import ops
 
 NORMS = ("group", "layer", "batch")
+
+
+@keras.saving.register_keras_serializable(package="keras_metaformer")
+class GroupNormalization(keras.layers.GroupNormalization):
+    """Keras' `GroupNormalization`, with one group computed on the tensor as it is.
+
+    Same variables, arguments and results as the Keras layer. With
+    `groups=1`, Keras reshapes the input to 5-D and back through its dynamic
+    shape; in a TFLite file those RESHAPE and SHAPE ops are not taken by the
+    XNNPACK delegate, so every norm splits the graph into separate delegate
+    partitions run between slower builtin kernels. Here the statistics are
+    taken over every non-batch axis of the 4-D tensor directly. Other group
+    counts use the Keras implementation.
+
+    Example:
+
+    >>> import numpy as np
+    >>> norm = GroupNormalization(groups=1, epsilon=1e-5)
+    >>> y = keras.ops.convert_to_numpy(norm(np.arange(8, dtype="float32").reshape(1, 2, 2, 2)))
+    >>> bool(abs(y.mean()) < 1e-6), round(float(y.std()), 4)
+    (True, 1.0)
+    """
+
+    def call(self, inputs):
+        if self.groups != 1:
+            return super().call(inputs)
+        # Like Keras: statistics in float32 even for float16/bfloat16 inputs,
+        # which overflow.
+        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        mean, variance = ops.moments(x, axes=list(range(1, len(x.shape))), keepdims=True)
+        inv = ops.rsqrt(variance + self.epsilon)
+        broadcast_shape = [1] * len(x.shape)
+        broadcast_shape[self.axis] = -1
+        if self.scale:
+            inv = inv * ops.cast(ops.reshape(self.gamma, broadcast_shape), x.dtype)
+        shift = -mean * inv
+        if self.center:
+            shift = shift + ops.cast(ops.reshape(self.beta, broadcast_shape), x.dtype)
+        return ops.cast(x * inv + shift, self.compute_dtype)
 
 
 def get_norm(norm, epsilon, name=None, center=True, dtype=None):
@@ -28,7 +68,7 @@ def get_norm(norm, epsilon, name=None, center=True, dtype=None):
         dtype: the layer's dtype policy.
     """
     if norm == "group":
-        return keras.layers.GroupNormalization(
+        return GroupNormalization(
             groups=1, epsilon=epsilon, center=center, name=name, dtype=dtype
         )
     if norm == "layer":
