@@ -16,8 +16,11 @@ import sys
 
 import numpy as np
 
-import keras_metaformer
-from keras_metaformer.models import POOLFORMER_BUILDERS
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import keras_metaformer  # noqa: E402
+from keras_metaformer.models import POOLFORMER_BUILDERS  # noqa: E402
+from training_setup import pretrained_or_random  # noqa: E402
 
 VARIANTS = POOLFORMER_BUILDERS
 
@@ -40,17 +43,11 @@ def load_image(path):
 
 
 def build_model(builder, weights):
-    """The classifier; falls back to random weights if the download fails."""
-    if weights == "none":
-        return builder(weights=None), "random weights (--weights none)"
-    try:
-        return builder(weights=weights), f"weights: {weights}"
-    except OSError as error:
-        if weights != "imagenet":
-            raise
-        print(f"Could not download the ImageNet weights:\n  {error}\n")
-        note = "RANDOM weights (offline: download failed), so the classes are meaningless"
-        return builder(weights=None), note
+    """The classifier and a note on its weights; offline, random weights."""
+    model, pretrained, note = pretrained_or_random(builder, weights)
+    if not pretrained and weights != "none":
+        note += ", so the classes are meaningless"
+    return model, note
 
 
 def main(argv=None):

@@ -24,22 +24,20 @@ import keras_metaformer  # noqa: E402
 from keras_metaformer.keras_cv_backbone import KerasCVBackbone  # noqa: E402
 from synthetic_shapes import CLASS_NAMES  # noqa: E402
 from synthetic_shapes import make_shapes  # noqa: E402
+from training_setup import pretrained_or_random  # noqa: E402
 
 
 def build_backbone(arch, weights, smoke, input_shape=(None, None, 3)):
-    """The keras-cv backbone; falls back to random weights when offline."""
+    """The keras-cv backbone; offline, ImageNet weights fall back to random ones."""
     if smoke:  # a small MetaFormer, so that CI trains a step in seconds
         model = keras_metaformer.MetaFormer(
             depths=(1, 1, 1, 1), dims=(16, 32, 48, 64), include_top=False, input_shape=input_shape
         )
         return KerasCVBackbone(model)
-    builder = keras_metaformer.BUILDERS[arch]
-    weights = None if weights == "none" else weights
-    try:
-        model = builder(weights=weights, include_top=False, input_shape=input_shape)
-    except OSError as error:
-        print(f"Could not download {weights} weights ({error}); training from random weights.")
-        model = builder(weights=None, include_top=False, input_shape=input_shape)
+    model, _, note = pretrained_or_random(
+        keras_metaformer.BUILDERS[arch], weights, include_top=False, input_shape=input_shape
+    )
+    print(f"Backbone: {note}")
     return KerasCVBackbone(model)
 
 

@@ -63,26 +63,36 @@ def distribution_scope(name):
     return contextlib.nullcontext()
 
 
-def build_backbone(variant, weights, image_size):
-    """A PoolFormer without its head; offline, ImageNet weights fall back to random ones.
+def pretrained_or_random(builder, weights, **kwargs):
+    """`builder(weights=weights, **kwargs)`; offline, random weights instead of ImageNet's.
 
-    Returns the model and whether it starts from pretrained weights.
+    `weights` is `"imagenet"`, `"none"` or a weights file. Only a failed
+    ImageNet download falls back to random weights, and says so: a missing
+    or broken file named on the command line is an error, not a silent
+    restart from scratch.
+
+    Returns the model, whether it has pretrained weights, and a note saying
+    which weights it has.
     """
-    builder = keras_metaformer.models.POOLFORMER_BUILDERS[variant]
-    kwargs = dict(include_top=False, input_shape=(image_size, image_size, 3))
     if weights == "none":
-        print("Backbone: random weights (--weights none)")
-        return builder(weights=None, **kwargs), False
+        return builder(weights=None, **kwargs), False, "random weights (--weights none)"
     try:
-        model = builder(weights=weights, **kwargs)
+        return builder(weights=weights, **kwargs), True, f"{weights} weights"
     except OSError as error:
         if weights != "imagenet":
             raise
         print(f"Could not download the ImageNet weights:\n  {error}")
-        print("Backbone: RANDOM weights (offline: download failed); training from scratch.")
-        return builder(weights=None, **kwargs), False
-    print(f"Backbone: {weights} weights")
-    return model, True
+        return builder(weights=None, **kwargs), False, "RANDOM weights (offline: download failed)"
+
+
+def build_backbone(variant, weights, image_size):
+    """A PoolFormer without its head, and whether it starts from pretrained weights."""
+    builder = keras_metaformer.models.POOLFORMER_BUILDERS[variant]
+    model, pretrained, note = pretrained_or_random(
+        builder, weights, include_top=False, input_shape=(image_size, image_size, 3)
+    )
+    print(f"Backbone: {note}" + ("" if pretrained else "; training from scratch."))
+    return model, pretrained
 
 
 def read_log(path):

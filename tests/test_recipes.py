@@ -99,6 +99,30 @@ def test_only_the_chief_writes_to_the_output_folder(tmp_path, monkeypatch):
     assert training_setup.output_paths(str(tmp_path))["log"] == str(tmp_path / "log.csv")
 
 
+def test_only_a_failed_imagenet_download_falls_back_to_random_weights(tmp_path, capsys):
+    sys.path.insert(0, os.path.join(REPO, "recipes"))
+    try:
+        import training_setup
+    finally:
+        sys.path.pop(0)
+    calls = []
+
+    def builder(weights, **kwargs):
+        calls.append((weights, kwargs))
+        if weights is not None:
+            raise OSError(f"cannot read {weights}")
+        return "model"
+
+    assert training_setup.pretrained_or_random(builder, "imagenet", include_top=False) == (
+        "model", False, "RANDOM weights (offline: download failed)")
+    assert "Could not download the ImageNet weights" in capsys.readouterr().out
+    assert calls == [("imagenet", {"include_top": False}), (None, {"include_top": False})]
+    # A file the user named must fail loudly, not train from scratch.
+    with pytest.raises(OSError, match="missing.weights.h5"):
+        training_setup.pretrained_or_random(builder, str(tmp_path / "missing.weights.h5"))
+    assert training_setup.pretrained_or_random(builder, "none") == ("model", False, "random weights (--weights none)")
+
+
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports run through TensorFlow; run once")
 def test_check_export_prints_a_row_per_export(tmp_path, capsys):
     model = keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), input_shape=(32, 32, 3), classes=10,
