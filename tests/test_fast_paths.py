@@ -11,8 +11,11 @@ import pytest
 
 import numpy_reference as ref
 from keras_metaformer import layers
+from keras_metaformer.layers import compilation
 from keras_metaformer.layers import mlp as mlp_module
+from keras_metaformer.layers import sepconv_mixer as sepconv_module
 from keras_metaformer.layers.compilation import compiled_by_xla
+from keras_metaformer.layers.depthwise import depthwise_conv2d_same
 
 RNG = np.random.default_rng(7)
 JAX = keras.backend.backend() == "jax"
@@ -30,6 +33,26 @@ def _compiled(fn):
     import tensorflow as tf
 
     return tf.function(fn, jit_compile=True)
+
+
+def _compiled_gradients(fn, weights):
+    """Gradients of `sum(fn(*args) * weights)` with respect to every argument,
+    under XLA."""
+    if JAX:
+        import jax
+        import jax.numpy as jnp
+
+        return jax.jit(lambda *args: jax.grad(lambda *a: jnp.sum(fn(*a) * weights), argnums=tuple(range(len(args))))(*args))
+    import tensorflow as tf
+
+    @tf.function(jit_compile=True)
+    def gradients(*args):
+        with tf.GradientTape() as tape:
+            tape.watch(args)
+            total = tf.reduce_sum(fn(*args) * weights)
+        return tape.gradient(total, args)
+
+    return gradients
 
 
 def _compiled_gradient(fn, weights):
@@ -150,3 +173,105 @@ def test_exact_gelu_matches_the_erf_definition():
     actual = keras.ops.convert_to_numpy(_compiled(layers.exact_gelu)(x))
     np.testing.assert_allclose(actual, ref.gelu(x.astype("float64")), atol=1e-6)
     assert keras.activations.deserialize(keras.activations.serialize(layers.exact_gelu)) is layers.exact_gelu
+
+
+@pytest.mark.parametrize("size, shape", [(3, (2, 5, 7, 3)), (7, (2, 9, 8, 4)), (7, (1, 3, 2, 2))])
+def test_compiled_depthwise_conv_matches_numpy(size, shape):
+    # The last shape is smaller than the kernel: most taps fall in the padding.
+    x, kernel = _random(*shape), _random(size, size, shape[-1], 1)
+    actual = keras.ops.convert_to_numpy(_compiled(depthwise_conv2d_same)(x, kernel))
+    np.testing.assert_allclose(actual, ref.depthwise_conv2d_same(x, kernel), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [3, 5])
+def test_compiled_depthwise_conv_gradients_are_the_transposed_jacobians(size):
+    # The convolution is linear in the input and in the kernel separately:
+    # each gradient is J^T w, with J built from the NumPy reference applied
+    # to basis inputs (resp. basis kernels).
+    shape = (2, 4, 3, 2)
+    x, kernel, weights = _random(*shape), _random(size, size, shape[-1], 1), _random(*shape)
+    expected_dx = np.zeros_like(x)
+    for index in np.ndindex(*shape):
+        basis = np.zeros_like(x)
+        basis[index] = 1
+        expected_dx[index] = np.sum(ref.depthwise_conv2d_same(basis, kernel) * weights)
+    expected_dk = np.zeros_like(kernel)
+    for index in np.ndindex(*kernel.shape):
+        basis = np.zeros_like(kernel)
+        basis[index] = 1
+        expected_dk[index] = np.sum(ref.depthwise_conv2d_same(x, basis) * weights)
+    dx, dk = _compiled_gradients(depthwise_conv2d_same, weights)(x, kernel)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(dx), expected_dx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(dk), expected_dk, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_conv_refuses_an_even_or_non_square_kernel():
+    x = np.zeros((1, 4, 4, 2), "float32")
+    for kernel_shape in [(4, 4, 2, 1), (3, 5, 2, 1)]:
+        with pytest.raises(ValueError, match=r"odd side.*Received: kernel.shape="):
+            depthwise_conv2d_same(x, np.zeros(kernel_shape, "float32"))
+
+
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_compiled_sepconv_mixer_matches_numpy(use_bias):
+    x = _random(2, 6, 5, 3)
+    mixer = layers.SepConvMixer(kernel_size=5, use_bias=use_bias)
+    mixer.build(x.shape)
+    pw1, dw, pw2 = _random(3, 6), _random(5, 5, 6, 1), _random(6, 3)
+    mixer.pwconv1.kernel.assign(pw1)
+    mixer.dwconv.kernel.assign(dw)
+    mixer.pwconv2.kernel.assign(pw2)
+    mixer.act1.scale.assign([1.3])
+    mixer.act1.bias.assign([0.1])
+    expected = ref.sepconv(x, pw1, 1.3, 0.1, dw, pw2)
+    if use_bias:
+        b1, bd, b2 = _random(6), _random(6), _random(3)
+        mixer.pwconv1.bias.assign(b1)
+        mixer.dwconv.bias.assign(bd)
+        mixer.pwconv2.bias.assign(b2)
+        hidden = ref.star_relu(x @ pw1 + b1, 1.3, 0.1)
+        expected = (ref.depthwise_conv2d_same(hidden, dw) + bd) @ pw2 + b2
+    actual = keras.ops.convert_to_numpy(_compiled(mixer)(x))
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_sepconv_mixer_keeps_bfloat16_with_float32_sums():
+    # Integer inputs and 0/1 weights make every value before the 49-term
+    # window sums exact in bfloat16: the hidden map is x**2 (StarReLU with
+    # scale 1 and bias 0) and the 1x1 convolutions copy channels. Summed in
+    # float32, the output is the exact window sum rounded once to bfloat16;
+    # summed in bfloat16, the partial sums (up to 49 * 64) lose whole units.
+    x = RNG.integers(1, 9, size=(2, 9, 9, 3)).astype("float32")
+    mixer = layers.SepConvMixer(dtype="mixed_bfloat16")
+    mixer.build(x.shape)
+    identity = np.eye(3, dtype="float32")
+    mixer.pwconv1.kernel.assign(np.concatenate([identity, identity], axis=1))
+    mixer.pwconv2.kernel.assign(np.concatenate([identity, np.zeros_like(identity)], axis=0))
+    mixer.dwconv.kernel.assign(np.ones((7, 7, 6, 1), "float32"))
+    mixer.act1.scale.assign([1.0])
+    mixer.act1.bias.assign([0.0])
+    actual = _compiled(mixer)(keras.ops.cast(x, "bfloat16"))
+    assert keras.backend.standardize_dtype(actual.dtype) == "bfloat16"
+    expected = ref.depthwise_conv2d_same(x.astype("float64") ** 2, np.ones((7, 7, 3, 1)))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.cast(actual, "float32")), expected,
+                               rtol=2.0**-8)
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_cpu_only_fast_paths_step_aside_for_a_gpu(monkeypatch, gpu):
+    # A GPU has fast kernels for the depthwise convolution and the whole
+    # MLP; the shifted-slice sums and the blocked loop would only slow it.
+    monkeypatch.setattr(compilation, "_gpu_is_default", lambda: gpu)
+    shifted = []
+    monkeypatch.setattr(sepconv_module, "depthwise_conv2d_same",
+                        lambda *args: shifted.append(args) or depthwise_conv2d_same(*args))
+    x = _random(1, 6, 6, 4)
+    mixer = layers.SepConvMixer()
+    mixer.build(x.shape)
+    _compiled(mixer)(x)
+    assert bool(shifted) is not gpu
+    mlp = layers.Mlp(mlp_ratio=4)
+    mlp.build((None, 64))
+    seen = []
+    _compiled(lambda x: seen.append(mlp._chunk_rows(32 * 56 * 56)) or x)(np.zeros(1, "float32"))
+    assert seen == [None if gpu else 7168]

@@ -34,3 +34,24 @@ def compiled_by_xla():
     from tensorflow.python.ops import control_flow_util
 
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def compiled_by_xla_for_cpu():
+    """True when the ops being traced now will be fused by XLA for a CPU.
+
+    Some fast paths pay off only on a CPU: they trade parallelism for cache
+    locality (loops over blocks of the batch), which a GPU, with its own
+    fast kernels for the plain ops, does not need. The device is the
+    backend's default one: on a machine with a GPU, XLA compiles for it.
+    """
+    return compiled_by_xla() and not _gpu_is_default()
+
+
+def _gpu_is_default():
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))

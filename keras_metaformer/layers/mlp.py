@@ -3,7 +3,7 @@ from keras import ops
 
 from keras_metaformer.layers.activations import get_activation_layer
 from keras_metaformer.layers.activations import serialize_activation
-from keras_metaformer.layers.compilation import compiled_by_xla
+from keras_metaformer.layers.compilation import compiled_by_xla_for_cpu
 
 # Hidden activations per block of the looped MLP: 2**21 values, 8 MiB in
 # float32, measured fastest at stage 1 of PoolFormer-S12 on a 2-core CPU.
@@ -73,9 +73,9 @@ class Mlp(keras.layers.Layer):
         if rows is None:
             x = self._transform(x)
         else:
-            # Inference under XLA: a loop over blocks of positions, so that
-            # the hidden activations (4x the input) live in one small buffer
-            # reused by every block instead of a fresh full-size tensor.
+            # Inference under XLA on a CPU: a loop over blocks of positions,
+            # so that the hidden activations (4x the input) live in one small
+            # buffer reused by every block instead of a fresh full-size tensor.
             # Writing fresh memory is what bounds the MLP on CPU: about 1.6x
             # faster this way at batch 32. Training keeps the full tensor,
             # which the backward pass needs.
@@ -88,7 +88,7 @@ class Mlp(keras.layers.Layer):
 
     def _chunk_rows(self, positions):
         """Rows per block for the looped MLP, or `None` to run it whole."""
-        if positions is None or not compiled_by_xla():
+        if positions is None or not compiled_by_xla_for_cpu():
             return None
         target = max(1, _HIDDEN_BLOCK_SIZE // self.fc1.units)
         if positions <= target:

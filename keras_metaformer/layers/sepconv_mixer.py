@@ -1,6 +1,9 @@
 import keras
+from keras import ops
 
 from keras_metaformer.layers.activations import StarReLU
+from keras_metaformer.layers.compilation import compiled_by_xla_for_cpu
+from keras_metaformer.layers.depthwise import depthwise_conv2d_same
 from keras_metaformer.layers.token_mixers import register_token_mixer
 
 
@@ -13,6 +16,13 @@ class SepConvMixer(keras.layers.Layer):
     Dense(C)`, as in MobileNetV2's inverted bottleneck. The depthwise
     convolution has stride 1 and an odd kernel, so Keras' "same" padding is
     symmetric and equals the reference's `padding=kernel_size // 2`.
+
+    Under XLA on a CPU (JAX, or TensorFlow with `jit_compile=True`) the
+    depthwise convolution runs as sums of shifted slices with a matching
+    custom gradient (`layers/depthwise.py`), since XLA's CPU convolution for
+    it is about 10x slower; elsewhere, GPUs included, as Keras'
+    `DepthwiseConv2D`, which SavedModel and TFLite exports keep. Both give
+    the same numbers.
 
     Reference: Yu et al., "MetaFormer Baselines for Vision", TPAMI 2024.
 
@@ -66,7 +76,17 @@ class SepConvMixer(keras.layers.Layer):
 
     def call(self, inputs):
         x = self.act1(self.pwconv1(inputs))
-        return self.pwconv2(self.dwconv(x))
+        return self.pwconv2(self._depthwise(x))
+
+    def _depthwise(self, x):
+        if x.shape[1] is None or x.shape[2] is None or not compiled_by_xla_for_cpu():
+            return self.dwconv(x)
+        # The 49-term sums are kept in float32 under mixed precision, as in
+        # the convolution kernels of the other paths.
+        y = depthwise_conv2d_same(ops.cast(x, "float32"), ops.cast(self.dwconv.kernel, "float32"))
+        if self.use_bias:
+            y = y + ops.cast(self.dwconv.bias, "float32")
+        return ops.cast(y, x.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
