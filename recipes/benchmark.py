@@ -19,6 +19,12 @@ its own process with the same thread count (2), 224x224 inputs, random
 weights, a warm-up, and the median of repeated timings. timm runs when the
 interpreter given by --torch-python (default: this one) has torch and timm;
 timm's torchvision import is stubbed as in tests/reference.
+
+With `--device gpu`, JAX, TensorFlow and PyTorch run on the first GPU, and
+the peak-memory column holds the device's peak allocation instead of the
+process's resident memory:
+
+           python recipes/benchmark.py --device gpu --engines jax,timm,timm-compile
 """
 
 import argparse
@@ -53,7 +59,7 @@ def timed(step, warmup, repeats):
 
 def keras_worker(engine, arch, precision, options):
     os.environ["KERAS_BACKEND"] = "jax" if engine == "jax" else "tensorflow"
-    if engine == "jax":
+    if engine == "jax" and options.device == "cpu":
         # XLA has no thread-count flag: it sizes its CPU pool from the cores
         # this process may run on.
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: options.threads])
@@ -83,6 +89,8 @@ def keras_worker(engine, arch, precision, options):
         variables = (model.trainable_variables, model.non_trainable_variables)
         state = tuple([v.value for v in group] for group in variables)
         forward = jax.jit(lambda state, x: model.stateless_call(*state, x, training=False)[0])
+        # Inputs start on the device, as timm's do.
+        images = {b: jax.device_put(x) for b, x in images.items()}
 
         def infer(x):
             return lambda: forward(state, x).block_until_ready()
@@ -103,6 +111,13 @@ def keras_worker(engine, arch, precision, options):
     x = images[options.batch]
     step = lambda: model.train_on_batch(x, labels)  # noqa: E731
     result["train_throughput"] = options.batch / timed(step, options.warmup, options.repeats)
+    if options.device == "gpu":
+        if engine == "jax":
+            import jax
+
+            result["device_peak_mib"] = jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**20
+        else:
+            result["device_peak_mib"] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
     return result
 
 
@@ -128,11 +143,14 @@ def timm_worker(engine, arch, precision, options):
 
     timm, torch, _ = import_timm()
     torch.set_num_threads(options.threads)
+    device = "cuda" if options.device == "gpu" else "cpu"
+    # GPU work is asynchronous: a step ends when the device has finished.
+    synchronize = torch.cuda.synchronize if device == "cuda" else lambda: None
     size = options.image_size
     model = timm.create_model(arch if arch in MODELS else "poolformer_s12", pretrained=False)
-    model = model.to(memory_format=torch.channels_last)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
-    images = {b: torch.rand(b, 3, size, size).mul(255).to(memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+    images = {b: torch.rand(b, 3, size, size).mul(255).to(device, memory_format=torch.channels_last)
               for b in (1, options.batch)}
     runner = torch.compile(model) if engine == "timm-compile" else model
 
@@ -140,6 +158,7 @@ def timm_worker(engine, arch, precision, options):
         def step():
             with torch.inference_mode(), autocast:
                 runner(x)
+            synchronize()
         return step
 
     model.eval()
@@ -150,7 +169,7 @@ def timm_worker(engine, arch, precision, options):
     if engine == "timm":  # training is compared with eager PyTorch only
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
-        labels = torch.randint(0, 1000, (options.batch,))
+        labels = torch.randint(0, 1000, (options.batch,), device=device)
 
         def step():
             optimizer.zero_grad(set_to_none=True)
@@ -158,8 +177,11 @@ def timm_worker(engine, arch, precision, options):
                 loss = torch.nn.functional.cross_entropy(model(images[options.batch]), labels)
             loss.backward()
             optimizer.step()
+            synchronize()
 
         result["train_throughput"] = options.batch / timed(step, options.warmup, options.repeats)
+    if device == "cuda":
+        result["device_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return result
 
 
@@ -167,8 +189,9 @@ def worker(options):
     engine, arch, precision = options.worker
     run = timm_worker if engine.startswith("timm") else keras_worker
     result = run(engine, arch, precision, options)
-    # Peak resident memory of this process (Linux reports KiB).
-    result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # Peak resident memory of this process (Linux reports KiB), or on a GPU
+    # the device's peak allocation.
+    result["peak_mib"] = result.pop("device_peak_mib", None) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
 
@@ -176,8 +199,10 @@ def measure(engine, arch, precision, options):
     python = options.torch_python if engine.startswith("timm") else sys.executable
     command = [python, os.path.abspath(__file__), "--worker", engine, arch, precision,
                *[f"--{name.replace('_', '-')}={getattr(options, name)}"
-                 for name in ("batch", "warmup", "repeats", "threads", "image_size")]]
+                 for name in ("batch", "warmup", "repeats", "threads", "image_size", "device")]]
     environment = dict(os.environ, OMP_NUM_THREADS=str(options.threads), TF_CPP_MIN_LOG_LEVEL="2")
+    if options.device == "cpu":  # keep every engine off a GPU the machine may have
+        environment.update(CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
     result = subprocess.run(command, capture_output=True, text=True, env=environment)
     for line in result.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -257,6 +282,7 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="timed batches (x4 at batch 1)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--output", default="benchmark_output")
     parser.add_argument("--smoke", action="store_true", help="a tiny model at 32x32, one repeat (CI)")
@@ -276,10 +302,11 @@ def main(argv=None):
         for precision in options.precisions.split(","):
             rows = results[(arch, precision)] = {}
             for engine in engines:
-                if engine == "tflite" and precision != "float32":
-                    continue  # LiteRT has no bfloat16 kernels
+                if engine == "tflite" and (precision != "float32" or options.device == "gpu"):
+                    continue  # LiteRT has no bfloat16 kernels, and runs on the CPU
                 print(f"  measuring {arch} {precision} {engine} ...", file=sys.stderr, flush=True)
                 rows[engine] = measure(engine, arch, precision, options)
+                print(f"    {rows[engine]}", file=sys.stderr, flush=True)
     markdown = table(results, options.batch)
     print(markdown)
     os.makedirs(options.output, exist_ok=True)
