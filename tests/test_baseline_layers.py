@@ -7,6 +7,7 @@ import pytest
 import numpy_reference as ref
 from keras_metaformer import layers
 from layer_checks import check_layer
+from layer_checks import set_sepconv_weights
 
 RNG = np.random.default_rng(7)
 
@@ -80,13 +81,8 @@ def test_sepconv_mixer_layer_checks_and_numerics():
     )
     mixer = layers.SepConvMixer(kernel_size=5)
     x = _random(2, 6, 7, 4)
-    mixer.build(x.shape)
     pw1, dw, pw2 = _random(4, 8, scale=0.5), _random(5, 5, 8, 1, scale=0.3), _random(8, 4, scale=0.5)
-    mixer.pwconv1.kernel.assign(pw1)
-    mixer.dwconv.kernel.assign(dw)
-    mixer.pwconv2.kernel.assign(pw2)
-    mixer.act1.scale.assign([1.3])
-    mixer.act1.bias.assign([0.1])
+    set_sepconv_weights(mixer, pw1, dw, pw2, 1.3, 0.1)
     expected = ref.sepconv(x, pw1, 1.3, 0.1, dw, pw2)
     np.testing.assert_allclose(_numpy(mixer(x)), expected, rtol=1e-4, atol=1e-4)
 

@@ -16,6 +16,7 @@ from keras_metaformer.layers import mlp as mlp_module
 from keras_metaformer.layers import sepconv_mixer as sepconv_module
 from keras_metaformer.layers.compilation import compiled_by_xla
 from keras_metaformer.layers.depthwise import depthwise_conv2d_same
+from layer_checks import set_sepconv_weights
 
 RNG = np.random.default_rng(7)
 JAX = keras.backend.backend() == "jax"
@@ -216,13 +217,8 @@ def test_depthwise_conv_refuses_an_even_or_non_square_kernel():
 def test_compiled_sepconv_mixer_matches_numpy(use_bias):
     x = _random(2, 6, 5, 3)
     mixer = layers.SepConvMixer(kernel_size=5, use_bias=use_bias)
-    mixer.build(x.shape)
     pw1, dw, pw2 = _random(3, 6), _random(5, 5, 6, 1), _random(6, 3)
-    mixer.pwconv1.kernel.assign(pw1)
-    mixer.dwconv.kernel.assign(dw)
-    mixer.pwconv2.kernel.assign(pw2)
-    mixer.act1.scale.assign([1.3])
-    mixer.act1.bias.assign([0.1])
+    set_sepconv_weights(mixer, pw1, dw, pw2, 1.3, 0.1)
     expected = ref.sepconv(x, pw1, 1.3, 0.1, dw, pw2)
     if use_bias:
         b1, bd, b2 = _random(6), _random(6), _random(3)
@@ -243,13 +239,9 @@ def test_compiled_sepconv_mixer_keeps_bfloat16_with_float32_sums():
     # summed in bfloat16, the partial sums (up to 49 * 64) lose whole units.
     x = RNG.integers(1, 9, size=(2, 9, 9, 3)).astype("float32")
     mixer = layers.SepConvMixer(dtype="mixed_bfloat16")
-    mixer.build(x.shape)
     identity = np.eye(3, dtype="float32")
-    mixer.pwconv1.kernel.assign(np.concatenate([identity, identity], axis=1))
-    mixer.pwconv2.kernel.assign(np.concatenate([identity, np.zeros_like(identity)], axis=0))
-    mixer.dwconv.kernel.assign(np.ones((7, 7, 6, 1), "float32"))
-    mixer.act1.scale.assign([1.0])
-    mixer.act1.bias.assign([0.0])
+    copy_twice, keep_first = np.concatenate([identity, identity], axis=1), np.concatenate([identity, 0 * identity])
+    set_sepconv_weights(mixer, copy_twice, np.ones((7, 7, 6, 1), "float32"), keep_first, 1.0, 0.0)
     actual = _compiled(mixer)(keras.ops.cast(x, "bfloat16"))
     assert keras.backend.standardize_dtype(actual.dtype) == "bfloat16"
     expected = ref.depthwise_conv2d_same(x.astype("float64") ** 2, np.ones((7, 7, 3, 1)))
