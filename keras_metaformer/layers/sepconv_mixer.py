@@ -81,8 +81,8 @@ class SepConvMixer(keras.layers.Layer):
     def _depthwise(self, x):
         if x.shape[1] is None or x.shape[2] is None or not compiled_by_xla_for_cpu():
             return self.dwconv(x)
-        # The 49-term sums are kept in float32 under mixed precision, as in
-        # the convolution kernels of the other paths.
+        # Under mixed precision the 49-term sums run in float32: summed in
+        # bfloat16 they lose whole units once they pass a few hundred.
         y = depthwise_conv2d_same(ops.cast(x, "float32"), ops.cast(self.dwconv.kernel, "float32"))
         if self.use_bias:
             y = y + ops.cast(self.dwconv.bias, "float32")
