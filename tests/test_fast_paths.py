@@ -267,3 +267,40 @@ def test_cpu_only_fast_paths_step_aside_for_a_gpu(monkeypatch, gpu):
     seen = []
     _compiled(lambda x: seen.append(mlp._chunk_rows(32 * 56 * 56)) or x)(np.zeros(1, "float32"))
     assert seen == [None if gpu else 7168]
+
+
+def test_compiled_sepconv_mixer_weight_gradients_match_keras_depthwise_conv(monkeypatch):
+    # Every weight's gradient through the shifted-slice path equals the one
+    # through Keras' DepthwiseConv2D (the path taken for a GPU), under XLA.
+    x, weights = _random(2, 7, 6, 3), _random(2, 7, 6, 3)
+    mixer = layers.SepConvMixer(kernel_size=5, use_bias=True)
+    mixer.build(x.shape)
+    for variable in mixer.trainable_variables:
+        variable.assign(_random(*variable.shape))
+
+    def weight_gradients():
+        if JAX:
+            import jax
+            import jax.numpy as jnp
+
+            def total(trainable):
+                return jnp.sum(mixer.stateless_call(trainable, [], x)[0] * weights)
+
+            return jax.jit(jax.grad(total))([v.value for v in mixer.trainable_variables])
+        import tensorflow as tf
+
+        @tf.function(jit_compile=True)
+        def gradients():
+            with tf.GradientTape() as tape:
+                total = tf.reduce_sum(mixer(x) * weights)
+            return tape.gradient(total, mixer.trainable_variables)
+
+        return gradients()
+
+    results = {}
+    for gpu in (False, True):
+        monkeypatch.setattr(compilation, "_gpu_is_default", lambda: gpu)
+        results[gpu] = [keras.ops.convert_to_numpy(g) for g in weight_gradients()]
+    assert len(results[False]) == 8  # 3 kernels, 3 biases, StarReLU's scale and bias
+    for shifted, keras_conv in zip(results[False], results[True]):
+        np.testing.assert_allclose(shifted, keras_conv, rtol=1e-4, atol=1e-4)
