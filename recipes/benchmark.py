@@ -189,9 +189,11 @@ def worker(options):
     engine, arch, precision = options.worker
     run = timm_worker if engine.startswith("timm") else keras_worker
     result = run(engine, arch, precision, options)
-    # Peak resident memory of this process (Linux reports KiB), or on a GPU
-    # the device's peak allocation.
-    result["peak_mib"] = result.pop("device_peak_mib", None) or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # On a GPU the device's peak allocation, else the peak resident memory
+    # of this process (Linux reports KiB).
+    result["peak_mib"] = result.pop("device_peak_mib", None)
+    if result["peak_mib"] is None:
+        result["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
 
