@@ -13,9 +13,11 @@ import numpy_reference as ref
 from keras_metaformer import layers
 from keras_metaformer.layers import compilation
 from keras_metaformer.layers import mlp as mlp_module
+from keras_metaformer.layers import patch_embedding as patch_embedding_module
 from keras_metaformer.layers import sepconv_mixer as sepconv_module
 from keras_metaformer.layers.compilation import compiled_by_xla
 from keras_metaformer.layers.depthwise import depthwise_conv2d_same
+from keras_metaformer.layers.strided_conv import strided_conv2d
 from layer_checks import set_sepconv_weights
 
 RNG = np.random.default_rng(7)
@@ -291,3 +293,114 @@ def test_compiled_sepconv_mixer_weight_gradients_match_keras_depthwise_conv(monk
     assert len(results[False]) == 8  # 3 kernels, 3 biases, StarReLU's scale and bias
     for shifted, keras_conv in zip(results[False], results[True]):
         np.testing.assert_allclose(shifted, keras_conv, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "size, strides, shape",
+    # The stride leaves the last rows or columns unread in the first two.
+    [(7, 4, (2, 14, 17, 3)), (3, 2, (2, 9, 10, 4)), (2, 2, (1, 4, 4, 1)), (3, 1, (1, 5, 3, 2))],
+)
+def test_compiled_strided_conv_matches_numpy(size, strides, shape):
+    x, kernel = _random(*shape), _random(size, size, shape[-1], 5)
+    actual = keras.ops.convert_to_numpy(_compiled(lambda x, k: strided_conv2d(x, k, strides))(x, kernel))
+    np.testing.assert_allclose(actual, ref.conv2d(x, kernel, None, strides, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_strided_conv_gradients_are_the_transposed_jacobians():
+    # Linear in the input and in the kernel separately, as above. The input's
+    # last row and column are never read by a stride-2 3x3 kernel on 6x8:
+    # their gradient must be zero.
+    shape, strides = (2, 6, 8, 2), 2
+    x, kernel = _random(*shape), _random(3, 3, 2, 3)
+    weights = _random(2, 2, 3, 3)
+    expected_dx = np.zeros_like(x)
+    for index in np.ndindex(*shape):
+        basis = np.zeros_like(x)
+        basis[index] = 1
+        expected_dx[index] = np.sum(ref.conv2d(basis, kernel, None, strides, 0) * weights)
+    expected_dk = np.zeros_like(kernel)
+    for index in np.ndindex(*kernel.shape):
+        basis = np.zeros_like(kernel)
+        basis[index] = 1
+        expected_dk[index] = np.sum(ref.conv2d(x, basis, None, strides, 0) * weights)
+    dx, dk = _compiled_gradients(lambda x, k: strided_conv2d(x, k, strides), weights)(x, kernel)
+    dx = keras.ops.convert_to_numpy(dx)
+    assert not dx[:, 5].any() and not dx[:, :, 7].any()
+    np.testing.assert_allclose(dx, expected_dx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(dk), expected_dk, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kernel_shape, input_shape, message",
+    [
+        ((3, 2, 4, 8), (1, 8, 8, 4), r"square kernel shaped \(size, size, 4, filters\)"),
+        ((3, 3, 3, 8), (1, 8, 8, 4), r"inputs with 4 channels.*kernel.shape=\(3, 3, 3, 8\)"),
+        ((7, 7, 4, 8), (1, 6, 9, 4), r"7x7 kernel does not fit in inputs of 6x9"),
+    ],
+)
+def test_strided_conv_refuses_a_kernel_that_does_not_fit(kernel_shape, input_shape, message):
+    with pytest.raises(ValueError, match=message):
+        strided_conv2d(np.zeros(input_shape, "float32"), np.zeros(kernel_shape, "float32"), 2)
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_patch_embedding_runs_as_a_matmul_only_under_jax_on_a_cpu(monkeypatch, gpu):
+    # TensorFlow's XLA and GPUs have fast strided-convolution gradients.
+    monkeypatch.setattr(compilation, "_gpu_is_default", lambda: gpu)
+    calls = []
+    monkeypatch.setattr(patch_embedding_module, "strided_conv2d",
+                        lambda *args: calls.append(args) or strided_conv2d(*args))
+    x = _random(1, 8, 8, 3)
+    stem = layers.PatchEmbedding(4, 3, strides=2, padding=1)
+    stem.build(x.shape)
+    _compiled(stem)(x)
+    assert bool(calls) is (JAX and not gpu)
+
+
+def test_compiled_patch_embedding_gradients_match_keras_conv(monkeypatch):
+    # The input's and every weight's gradient through the matmul path equal
+    # those through Keras' Conv2D (the path taken for a GPU), under XLA; the
+    # output is PyTorch's padded convolution.
+    x, weights = _random(2, 11, 9, 3), _random(2, 6, 5, 4)
+    layer = layers.PatchEmbedding(4, 3, strides=2, padding=1, norm="pre")
+    layer.build(x.shape)
+    for variable in layer.trainable_variables:
+        variable.assign(_random(*variable.shape))
+    kernel, bias = (keras.ops.convert_to_numpy(v) for v in (layer.conv.kernel, layer.conv.bias))
+
+    def outputs_and_gradients():
+        if JAX:
+            import jax
+            import jax.numpy as jnp
+
+            def total(trainable, x):
+                y = layer.stateless_call(trainable, [], x)[0]
+                return jnp.sum(y * weights), y
+
+            gradients, y = jax.jit(jax.grad(total, argnums=(0, 1), has_aux=True))(
+                [v.value for v in layer.trainable_variables], x
+            )
+            return y, [*gradients[0], gradients[1]]
+        import tensorflow as tf
+
+        @tf.function(jit_compile=True)
+        def run(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+                total = tf.reduce_sum(y * weights)
+            return y, tape.gradient(total, [*layer.trainable_variables, x])
+
+        return run(tf.constant(x))
+
+    results = {}
+    for gpu in (False, True):
+        monkeypatch.setattr(compilation, "_gpu_is_default", lambda: gpu)
+        y, gradients = outputs_and_gradients()
+        results[gpu] = [keras.ops.convert_to_numpy(g) for g in gradients]
+        normed = ref.layer_norm(x, keras.ops.convert_to_numpy(layer.norm_layer.gamma), 0.0, 1e-6)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(y), ref.conv2d(normed, kernel, bias, 2, 1),
+                                   rtol=1e-4, atol=1e-4)
+    assert len(results[False]) == 4  # the norm's scale, the kernel, the bias, the input
+    for matmul, keras_conv in zip(results[False], results[True]):
+        np.testing.assert_allclose(matmul, keras_conv, rtol=1e-4, atol=1e-4)
