@@ -138,6 +138,37 @@ def test_check_export_prints_a_row_per_export(tmp_path, capsys):
     assert rows == ["export", "SavedModel", "TFLite float32", "TFLite float16", "TFLite dynamic", "TFLite int8"]
 
 
+@pytest.mark.parametrize("malloc", ["system", "retain"])
+def test_benchmark_gives_every_engine_the_same_malloc_settings(monkeypatch, malloc):
+    import argparse
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location("benchmark", os.path.join(REPO, "recipes", "benchmark.py"))
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    for name in benchmark.RETAINING_MALLOC:
+        monkeypatch.delenv(name, raising=False)
+    environments = {}
+
+    def run(command, env, **kwargs):
+        environments[command[command.index("--worker") + 1]] = env
+        return types.SimpleNamespace(stdout='RESULT {"latency_ms": 1}', stderr="")
+
+    monkeypatch.setattr(benchmark.subprocess, "run", run)
+    options = argparse.Namespace(
+        torch_python=sys.executable, batch=2, warmup=1, repeats=1, threads=2, image_size=32, device="cpu",
+        malloc=malloc)
+    for engine in ("jax", "timm"):
+        assert benchmark.measure(engine, "tiny", "float32", options) == {"latency_ms": 1}
+    for environment in environments.values():
+        settings = {name: environment.get(name) for name in benchmark.RETAINING_MALLOC}
+        if malloc == "retain":
+            assert settings == benchmark.RETAINING_MALLOC
+        else:
+            assert set(settings.values()) == {None}
+
+
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the benchmark starts its own backends; run once")
 def test_benchmark_smoke_prints_a_table_and_draws_a_chart(tmp_path):
     result = run_recipe("--smoke", "--engines", "tf,timm", "--precisions", "float32", "--output", tmp_path,
