@@ -240,17 +240,21 @@ def test_compiled_sepconv_mixer_keeps_bfloat16_with_float32_sums():
 
 @pytest.mark.parametrize("gpu", [False, True])
 def test_cpu_only_fast_paths_step_aside_for_a_gpu(monkeypatch, gpu):
-    # A GPU has fast kernels for the depthwise convolution and the whole
-    # MLP; the shifted-slice sums and the blocked loop would only slow it.
+    # A GPU has fast kernels for the convolutions and the whole MLP; the
+    # shifted-slice sums, the patch matmul and the blocked loop would only
+    # slow it. TensorFlow's XLA has fast strided-convolution gradients too.
     monkeypatch.setattr(compilation, "_gpu_is_default", lambda: gpu)
-    shifted = []
+    calls = {"shifted": [], "patches": []}
     monkeypatch.setattr(sepconv_module, "depthwise_conv2d_same",
-                        lambda *args: shifted.append(args) or depthwise_conv2d_same(*args))
+                        lambda *args: calls["shifted"].append(args) or depthwise_conv2d_same(*args))
+    monkeypatch.setattr(patch_embedding_module, "strided_conv2d",
+                        lambda *args: calls["patches"].append(args) or strided_conv2d(*args))
     x = _random(1, 6, 6, 4)
-    mixer = layers.SepConvMixer()
-    mixer.build(x.shape)
-    _compiled(mixer)(x)
-    assert bool(shifted) is not gpu
+    for layer in (layers.SepConvMixer(), layers.PatchEmbedding(4, 3, strides=2, padding=1)):
+        layer.build(x.shape)
+        _compiled(layer)(x)
+    assert bool(calls["shifted"]) is not gpu
+    assert bool(calls["patches"]) is (JAX and not gpu)
     mlp = layers.Mlp(mlp_ratio=4)
     mlp.build((None, 64))
     seen = []
@@ -341,20 +345,6 @@ def test_compiled_strided_conv_gradients_are_the_transposed_jacobians():
 def test_strided_conv_refuses_a_kernel_that_does_not_fit(kernel_shape, input_shape, message):
     with pytest.raises(ValueError, match=message):
         strided_conv2d(np.zeros(input_shape, "float32"), np.zeros(kernel_shape, "float32"), 2)
-
-
-@pytest.mark.parametrize("gpu", [False, True])
-def test_patch_embedding_runs_as_a_matmul_only_under_jax_on_a_cpu(monkeypatch, gpu):
-    # TensorFlow's XLA and GPUs have fast strided-convolution gradients.
-    monkeypatch.setattr(compilation, "_gpu_is_default", lambda: gpu)
-    calls = []
-    monkeypatch.setattr(patch_embedding_module, "strided_conv2d",
-                        lambda *args: calls.append(args) or strided_conv2d(*args))
-    x = _random(1, 8, 8, 3)
-    stem = layers.PatchEmbedding(4, 3, strides=2, padding=1)
-    stem.build(x.shape)
-    _compiled(stem)(x)
-    assert bool(calls) is (JAX and not gpu)
 
 
 def test_compiled_patch_embedding_gradients_match_keras_conv(monkeypatch):
