@@ -250,10 +250,14 @@ def test_cpu_only_fast_paths_step_aside_for_a_gpu(monkeypatch, gpu):
     monkeypatch.setattr(patch_embedding_module, "strided_conv2d",
                         lambda *args: calls["patches"].append(args) or strided_conv2d(*args))
     x = _random(1, 6, 6, 4)
-    for layer in (layers.SepConvMixer(), layers.PatchEmbedding(4, 3, strides=2, padding=1)):
+    mixer, stem = layers.SepConvMixer(), layers.PatchEmbedding(4, 3, strides=2, padding=1)
+    for layer in (mixer, stem):
         layer.build(x.shape)
-        _compiled(layer)(x)
+    _compiled(mixer)(x)
     assert bool(calls["shifted"]) is not gpu
+    _compiled(lambda x: stem(x, training=False))(x)
+    assert not calls["patches"]  # the patch matmul speeds up gradients only
+    _compiled(lambda x: stem(x, training=True))(x)
     assert bool(calls["patches"]) is (JAX and not gpu)
     mlp = layers.Mlp(mlp_ratio=4)
     mlp.build((None, 64))
@@ -364,7 +368,7 @@ def test_compiled_patch_embedding_gradients_match_keras_conv(monkeypatch):
             import jax.numpy as jnp
 
             def total(trainable, x):
-                y = layer.stateless_call(trainable, [], x)[0]
+                y = layer.stateless_call(trainable, [], x, training=True)[0]
                 return jnp.sum(y * weights), y
 
             gradients, y = jax.jit(jax.grad(total, argnums=(0, 1), has_aux=True))(
@@ -377,7 +381,7 @@ def test_compiled_patch_embedding_gradients_match_keras_conv(monkeypatch):
         def run(x):
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                y = layer(x)
+                y = layer(x, training=True)
                 total = tf.reduce_sum(y * weights)
             return y, tape.gradient(total, [*layer.trainable_variables, x])
 

@@ -55,14 +55,13 @@ def strided_conv2d(inputs, kernel, strides):
     span_h = strides * (height - 1) + 1
     span_w = strides * (width - 1) + 1
     # At each output position, the window it sees, in the kernel's (row,
-    # column, channel) order.
-    patches = ops.concatenate(
-        [inputs[:, i : i + span_h : strides, j : j + span_w : strides] for i in range(size) for j in range(size)],
-        axis=-1,
-    )
+    # column, channel) order: rows first, then columns, 2 * size slices
+    # rather than size**2, which XLA compiles seconds faster.
+    rows = ops.stack([inputs[:, i : i + span_h : strides] for i in range(size)], axis=3)
+    patches = ops.stack([rows[:, :, j : j + span_w : strides] for j in range(size)], axis=4)
     # As rows of a matrix: a 4-D product's kernel gradient contracts three
     # axes, and XLA then copies the upstream gradient into a transposed
     # layout, fusing its producers into the copy (0.4 s at the stem).
-    rows = ops.reshape(patches, (-1, size * size * channels))
-    y = ops.matmul(rows, ops.reshape(kernel, (size * size * channels, -1)))
+    matrix = ops.reshape(patches, (-1, size * size * channels))
+    y = ops.matmul(matrix, ops.reshape(kernel, (size * size * channels, -1)))
     return ops.reshape(y, (-1, height, width, kernel.shape[-1]))
