@@ -64,6 +64,35 @@ def _compiled_gradients(fn, weights):
     return gradients
 
 
+def _compiled_layer_gradients(layer, x, weights, **call_kwargs):
+    """`layer(x)` and the gradients of `sum(layer(x) * weights)` with respect
+    to the layer's trainable weights and to `x`, under XLA."""
+    if JAX:
+        import jax
+        import jax.numpy as jnp
+
+        def total(trainable, x):
+            y = layer.stateless_call(trainable, [], x, **call_kwargs)[0]
+            return jnp.sum(y * weights), y
+
+        (weight_gradients, input_gradient), y = jax.jit(jax.grad(total, argnums=(0, 1), has_aux=True))(
+            [v.value for v in layer.trainable_variables], x
+        )
+        return y, weight_gradients, input_gradient
+    import tensorflow as tf
+
+    @tf.function(jit_compile=True)
+    def run(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, **call_kwargs)
+            total = tf.reduce_sum(y * weights)
+        *weight_gradients, input_gradient = tape.gradient(total, [*layer.trainable_variables, x])
+        return y, weight_gradients, input_gradient
+
+    return run(tf.constant(x))
+
+
 def test_compiled_by_xla_sees_the_compiler():
     seen = []
     _compiled(lambda x: seen.append(compiled_by_xla()) or x)(np.zeros(2, "float32"))
@@ -275,29 +304,11 @@ def test_compiled_sepconv_mixer_weight_gradients_match_keras_depthwise_conv(monk
     for variable in mixer.trainable_variables:
         variable.assign(_random(*variable.shape))
 
-    def weight_gradients():
-        if JAX:
-            import jax
-            import jax.numpy as jnp
-
-            def total(trainable):
-                return jnp.sum(mixer.stateless_call(trainable, [], x)[0] * weights)
-
-            return jax.jit(jax.grad(total))([v.value for v in mixer.trainable_variables])
-        import tensorflow as tf
-
-        @tf.function(jit_compile=True)
-        def gradients():
-            with tf.GradientTape() as tape:
-                total = tf.reduce_sum(mixer(x) * weights)
-            return tape.gradient(total, mixer.trainable_variables)
-
-        return gradients()
-
     results = {}
     for gpu in (False, True):
         monkeypatch.setattr(compilation, "_gpu_is_default", lambda: gpu)
-        results[gpu] = [keras.ops.convert_to_numpy(g) for g in weight_gradients()]
+        _, weight_gradients, _ = _compiled_layer_gradients(mixer, x, weights)
+        results[gpu] = [keras.ops.convert_to_numpy(g) for g in weight_gradients]
     assert len(results[False]) == 8  # 3 kernels, 3 biases, StarReLU's scale and bias
     for shifted, keras_conv in zip(results[False], results[True]):
         np.testing.assert_allclose(shifted, keras_conv, rtol=1e-4, atol=1e-4)
@@ -362,36 +373,11 @@ def test_compiled_patch_embedding_gradients_match_keras_conv(monkeypatch):
         variable.assign(_random(*variable.shape))
     kernel, bias = (keras.ops.convert_to_numpy(v) for v in (layer.conv.kernel, layer.conv.bias))
 
-    def outputs_and_gradients():
-        if JAX:
-            import jax
-            import jax.numpy as jnp
-
-            def total(trainable, x):
-                y = layer.stateless_call(trainable, [], x, training=True)[0]
-                return jnp.sum(y * weights), y
-
-            gradients, y = jax.jit(jax.grad(total, argnums=(0, 1), has_aux=True))(
-                [v.value for v in layer.trainable_variables], x
-            )
-            return y, [*gradients[0], gradients[1]]
-        import tensorflow as tf
-
-        @tf.function(jit_compile=True)
-        def run(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = layer(x, training=True)
-                total = tf.reduce_sum(y * weights)
-            return y, tape.gradient(total, [*layer.trainable_variables, x])
-
-        return run(tf.constant(x))
-
     results = {}
     for gpu in (False, True):
         monkeypatch.setattr(compilation, "_gpu_is_default", lambda: gpu)
-        y, gradients = outputs_and_gradients()
-        results[gpu] = [keras.ops.convert_to_numpy(g) for g in gradients]
+        y, weight_gradients, input_gradient = _compiled_layer_gradients(layer, x, weights, training=True)
+        results[gpu] = [keras.ops.convert_to_numpy(g) for g in (*weight_gradients, input_gradient)]
         normed = ref.layer_norm(x, keras.ops.convert_to_numpy(layer.norm_layer.gamma), 0.0, 1e-6)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(y), ref.conv2d(normed, kernel, bias, 2, 1),
                                    rtol=1e-4, atol=1e-4)

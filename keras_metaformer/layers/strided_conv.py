@@ -59,9 +59,10 @@ def strided_conv2d(inputs, kernel, strides):
     # rather than size**2, which XLA compiles seconds faster.
     rows = ops.stack([inputs[:, i : i + span_h : strides] for i in range(size)], axis=3)
     patches = ops.stack([rows[:, :, j : j + span_w : strides] for j in range(size)], axis=4)
-    # As rows of a matrix: a 4-D product's kernel gradient contracts three
-    # axes, and XLA then copies the upstream gradient into a transposed
-    # layout, fusing its producers into the copy (0.4 s at the stem).
+    # As rows of a matrix: a product on the unflattened patches has a kernel
+    # gradient that contracts three axes, and XLA then copies the upstream
+    # gradient into a transposed layout, fusing its producers into the copy
+    # (0.4 s at the stem).
     matrix = ops.reshape(patches, (-1, size * size * channels))
     y = ops.matmul(matrix, ops.reshape(kernel, (size * size * channels, -1)))
     return ops.reshape(y, (-1, height, width, kernel.shape[-1]))
