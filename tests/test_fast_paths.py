@@ -144,9 +144,9 @@ def test_compiled_mlp_runs_in_blocks_and_matches_numpy(monkeypatch, activation):
     block_shapes = []
     transform = layers.Mlp._transform
 
-    def spy(self, x):
+    def spy(self, x, project):
         block_shapes.append(tuple(x.shape))
-        return transform(self, x)
+        return transform(self, x, project)
 
     monkeypatch.setattr(layers.Mlp, "_transform", spy)
     x = _random(2, 6, 6, 1)
@@ -384,3 +384,42 @@ def test_compiled_patch_embedding_gradients_match_keras_conv(monkeypatch):
     assert len(results[False]) == 4  # the norm's scale, the kernel, the bias, the input
     for matmul, keras_conv in zip(results[False], results[True]):
         np.testing.assert_allclose(matmul, keras_conv, rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_block_gradients_with_folded_layer_scales_match_finite_differences():
+    # The block folds its layer scales into norm1's affine parameters and
+    # fc2's weights; the gradients of the weights involved must still be
+    # those of the block as written in the paper, here the NumPy reference's
+    # central differences in float64.
+    channels = 3
+    x, weights = _random(2, 4, 5, channels), _random(2, 4, 5, channels)
+    block = layers.MetaFormerBlock(layer_scale_init_value=1.0)
+    block.build(x.shape)
+    for variable in block.trainable_variables:
+        variable.assign(0.5 * _random(*variable.shape) + ("gamma" in variable.path or "scale" in variable.path))
+    assert block._folds_layer_scale1()
+    values = {v.path.split("/", 1)[1]: keras.ops.convert_to_numpy(v).astype("float64")
+              for v in block.trainable_variables}
+
+    def loss(values):
+        params = {
+            "norm1": (values["norm1/gamma"], values["norm1/beta"], 1e-5),
+            "norm2": (values["norm2/gamma"], values["norm2/beta"], 1e-5),
+            "layer_scale1": values["layer_scale1/scale"],
+            "layer_scale2": values["layer_scale2/scale"],
+            "fc1": (values["mlp/fc1/kernel"], values["mlp/fc1/bias"]),
+            "fc2": (values["mlp/fc2/kernel"], values["mlp/fc2/bias"]),
+        }
+        return np.sum(ref.metaformer_block(x.astype("float64"), params) * weights)
+
+    _, weight_gradients, _ = _compiled_layer_gradients(block, x, weights, training=True)
+    gradients = dict(zip(values, (keras.ops.convert_to_numpy(g) for g in weight_gradients)))
+    for path in ("layer_scale1/scale", "layer_scale2/scale", "norm1/gamma", "mlp/fc2/kernel", "mlp/fc2/bias"):
+        expected = np.zeros_like(values[path])
+        for index in np.ndindex(expected.shape):
+            shifted = {key: value.copy() for key, value in values.items()}
+            shifted[path][index] += 1e-4
+            upper = loss(shifted)
+            shifted[path][index] -= 2e-4
+            expected[index] = (upper - loss(shifted)) / 2e-4
+        np.testing.assert_allclose(gradients[path], expected, rtol=1e-3, atol=1e-3, err_msg=path)

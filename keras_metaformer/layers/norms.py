@@ -39,21 +39,32 @@ class GroupNormalization(keras.layers.GroupNormalization):
     (True, 1.0)
     """
 
-    def call(self, inputs):
+    def call(self, inputs, output_scale=None):
+        """Normalises `inputs`. With `output_scale`, a per-channel vector,
+        returns the result times it, the vector folded into the affine
+        parameters."""
         if self.groups != 1:
-            return super().call(inputs)
+            outputs = super().call(inputs)
+            if output_scale is None:
+                return outputs
+            return outputs * ops.cast(output_scale, outputs.dtype)
         # Like Keras: statistics in float32 even for float16/bfloat16 inputs,
         # which overflow.
         x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
         mean, variance = ops.moments(x, axes=list(range(1, len(x.shape))), keepdims=True)
-        inv = ops.rsqrt(variance + self.epsilon)
+        gamma = self.gamma if self.scale else None
+        beta = self.beta if self.center else None
+        if output_scale is not None:
+            gamma = output_scale if gamma is None else gamma * output_scale
+            beta = None if beta is None else beta * output_scale
         broadcast_shape = [1] * len(x.shape)
         broadcast_shape[self.axis] = -1
-        if self.scale:
-            inv = inv * ops.cast(ops.reshape(self.gamma, broadcast_shape), x.dtype)
+        inv = ops.rsqrt(variance + self.epsilon)
+        if gamma is not None:
+            inv = inv * ops.cast(ops.reshape(gamma, broadcast_shape), x.dtype)
         shift = -mean * inv
-        if self.center:
-            shift = shift + ops.cast(ops.reshape(self.beta, broadcast_shape), x.dtype)
+        if beta is not None:
+            shift = shift + ops.cast(ops.reshape(beta, broadcast_shape), x.dtype)
         return ops.cast(x * inv + shift, self.compute_dtype)
 
 

@@ -39,6 +39,11 @@ class PoolMixer(keras.layers.Layer):
     (0.0, 2.0)
     """
 
+    # Mixes each channel on its own, linearly: scaling channels before the
+    # mixer equals scaling after it, so a block folds its layer scale into
+    # the norm before the mixer (see `MetaFormerBlock`).
+    commutes_with_channel_scale = True
+
     def __init__(self, pool_size=3, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(pool_size, int) or pool_size < 1 or pool_size % 2 == 0:

@@ -36,6 +36,11 @@ class RandomMixer(keras.layers.Layer):
     True
     """
 
+    # Mixes each channel on its own, linearly: scaling channels before the
+    # mixer equals scaling after it, so a block folds its layer scale into
+    # the norm before the mixer (see `MetaFormerBlock`).
+    commutes_with_channel_scale = True
+
     def __init__(self, num_tokens=None, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.num_tokens = num_tokens
