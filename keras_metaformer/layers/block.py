@@ -33,6 +33,10 @@ class MetaFormerBlock(keras.layers.Layer):
     Args:
         token_mixer: a registered mixer name, or a Keras layer instance
             owned by this block (do not share one instance between blocks).
+            A mixer whose output channels scale with its input channels
+            (linear, channel by channel) may set the class attribute
+            `commutes_with_channel_scale = True`: the block then folds
+            `layer_scale1` into norm1, one product fewer over the tensor.
         pool_size: odd int, window of the `"pool"` mixer (default 3). Only
             valid with `token_mixer="pool"`.
         mlp_ratio: float, hidden width of the MLP as a multiple of channels.
@@ -181,6 +185,9 @@ class MetaFormerBlock(keras.layers.Layer):
         return self._residual_branch(x, transformed, None, self.res_scale2, training)
 
     def _folds_layer_scale1(self):
+        """Whether `layer_scale1` can be folded into norm1's affine map: a
+        mixer that sets `commutes_with_channel_scale = True` promises that
+        scaling its input's channels scales its output's the same way."""
         return (
             self.layer_scale1 is not None
             and isinstance(self.norm1, GroupNormalization)

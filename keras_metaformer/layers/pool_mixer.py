@@ -39,9 +39,7 @@ class PoolMixer(keras.layers.Layer):
     (0.0, 2.0)
     """
 
-    # Mixes each channel on its own, linearly: scaling channels before the
-    # mixer equals scaling after it, so a block folds its layer scale into
-    # the norm before the mixer (see `MetaFormerBlock`).
+    # A linear map of each channel on its own: see `MetaFormerBlock._folds_layer_scale1`.
     commutes_with_channel_scale = True
 
     def __init__(self, pool_size=3, **kwargs):

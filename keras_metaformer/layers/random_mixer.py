@@ -36,9 +36,7 @@ class RandomMixer(keras.layers.Layer):
     True
     """
 
-    # Mixes each channel on its own, linearly: scaling channels before the
-    # mixer equals scaling after it, so a block folds its layer scale into
-    # the norm before the mixer (see `MetaFormerBlock`).
+    # One linear map of the tokens, applied to each channel: see `MetaFormerBlock._folds_layer_scale1`.
     commutes_with_channel_scale = True
 
     def __init__(self, num_tokens=None, seed=None, **kwargs):
