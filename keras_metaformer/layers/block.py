@@ -191,7 +191,6 @@ class MetaFormerBlock(keras.layers.Layer):
         return (
             self.layer_scale1 is not None
             and isinstance(self.norm1, GroupNormalization)
-            and self.norm1.groups == 1
             and getattr(self.token_mixer, "commutes_with_channel_scale", False)
         )
 
