@@ -20,16 +20,6 @@ weights, a warm-up, and the median of repeated timings. timm runs when the
 interpreter given by --torch-python (default: this one) has torch and timm;
 timm's torchvision import is stubbed as in tests/reference.
 
-A second table measures how close each engine comes to this machine's
-matrix products: the products of the model's MLPs, which hold 87% of
-PoolFormer-S12's multiply-adds, are timed on their own (`jax.jit`, the same
-threads, freed memory retained so that page faults do not count, the
-fastest of the repeats), forward and, for training, with both gradients.
-The "ceiling" is the batch-32 rate if every multiply-add of the model ran
-that fast and nothing else took time; each engine's best is given as a
-share of it. An engine whose own matrix products are faster than XLA's
-(TFLite's XNNPACK) can pass 100%.
-
 With `--device gpu`, JAX, TensorFlow and PyTorch run on the first GPU, and
 the peak-memory column holds the device's peak allocation instead of the
 process's resident memory:
@@ -65,8 +55,8 @@ RETAINING_MALLOC = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TR
 BASELINE = {"inference": "timm-compile", "training": "timm"}
 
 
-def timed(step, warmup, repeats, statistic=statistics.median):
-    """Median (or `statistic`) seconds of `step()` after `warmup` calls."""
+def timed(step, warmup, repeats):
+    """Median seconds of `step()` after `warmup` calls."""
     for _ in range(warmup):
         step()
     times = []
@@ -74,7 +64,7 @@ def timed(step, warmup, repeats, statistic=statistics.median):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return statistic(times)
+    return statistics.median(times)
 
 
 def keras_worker(engine, arch, precision, options):
@@ -96,7 +86,9 @@ def keras_worker(engine, arch, precision, options):
     if precision == "bfloat16":
         keras.config.set_dtype_policy("mixed_bfloat16")
     size = options.image_size
-    model = build_model(keras_metaformer, arch, size)
+    model = keras_metaformer.BUILDERS[arch](weights=None, input_shape=(size, size, 3)) if arch in \
+        keras_metaformer.BUILDERS else keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), weights=None,
+                                                                   input_shape=(size, size, 3))
     rng = np.random.default_rng(0)
     images = {b: rng.uniform(0, 255, (b, size, size, 3)).astype("float32") for b in (1, options.batch)}
     if engine == "tflite":
@@ -203,56 +195,9 @@ def timm_worker(engine, arch, precision, options):
     return result
 
 
-def matmul_worker(engine, arch, precision, options):
-    """Seconds per batch of the model's MLP matrix products, run alone."""
-    os.environ["KERAS_BACKEND"] = "jax"
-    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: options.threads])
-    import collections
-
-    import jax
-    import numpy as np
-
-    import keras_metaformer
-    from keras_metaformer.macs import count_macs
-
-    size = options.image_size
-    model = build_model(keras_metaformer, arch, size)
-    # (rows, inputs, outputs) of every Dense in an MLP, with multiplicity.
-    shapes = collections.Counter(
-        (options.batch * int(np.prod(next(iter(dense._build_shapes_dict.values()))[1:-1])), *dense.kernel.shape)
-        for layer in model._flatten_layers(include_self=False)
-        if isinstance(layer, keras_metaformer.Mlp)
-        for dense in (layer.fc1, layer.fc2)
-    )
-    products = {
-        "forward": jax.jit(lambda x, w, dy: x @ w),
-        "input gradient": jax.jit(lambda x, w, dy: dy @ w.T),
-        "weight gradient": jax.jit(lambda x, w, dy: x.T @ dy),
-    }
-    rng = np.random.default_rng(0)
-    seconds = dict.fromkeys(products, 0.0)
-    for (rows, inputs, outputs), count in shapes.items():
-        operands = [jax.device_put(rng.standard_normal(shape, dtype="float32"))
-                    for shape in ((rows, inputs), (inputs, outputs), (rows, outputs))]
-        for name, product in products.items():
-            step = lambda: product(*operands).block_until_ready()  # noqa: E731
-            # The fastest run: the rate this CPU can reach, less its drift.
-            seconds[name] += count * timed(step, options.warmup, options.repeats, statistic=min)
-    mlp_macs = sum(count * rows * inputs * outputs for (rows, inputs, outputs), count in shapes.items())
-    return {"macs": count_macs(model), "mlp_macs": mlp_macs // options.batch,
-            "inference_s": seconds["forward"], "training_s": sum(seconds.values())}
-
-
-def build_model(keras_metaformer, arch, size):
-    """The benchmarked model with random weights; `tiny` is a two-stage one."""
-    if arch in keras_metaformer.BUILDERS:
-        return keras_metaformer.BUILDERS[arch](weights=None, input_shape=(size, size, 3))
-    return keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), weights=None, input_shape=(size, size, 3))
-
-
 def worker(options):
     engine, arch, precision = options.worker
-    run = {"matmul": matmul_worker}.get(engine, timm_worker if engine.startswith("timm") else keras_worker)
+    run = timm_worker if engine.startswith("timm") else keras_worker
     result = run(engine, arch, precision, options)
     # On a GPU the device's peak allocation, else the peak resident memory
     # of this process (Linux reports KiB).
@@ -270,7 +215,7 @@ def measure(engine, arch, precision, options):
     environment = dict(os.environ, OMP_NUM_THREADS=str(options.threads), TF_CPP_MIN_LOG_LEVEL="2")
     if options.device == "cpu":  # keep every engine off a GPU the machine may have
         environment.update(CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
-    if options.malloc == "retain" or engine == "matmul":
+    if options.malloc == "retain":
         environment.update(RETAINING_MALLOC)
     result = subprocess.run(command, capture_output=True, text=True, env=environment)
     for line in result.stdout.splitlines():
@@ -316,40 +261,6 @@ def table(results, batch):
                 f"{row['peak_mib']:.0f}",
             ]
             lines.append(f"| {arch} | {precision} | {engine} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def bounds_table(results, bounds, batch):
-    """Ceilings from the timed MLP products, and each best engine's share of them."""
-    lines = [
-        f"| model | GMACs / image | MLP products GFLOP/s (inference / training) | ceiling batch-{batch} img/s "
-        "(inference / training) | best inference | timm-compile | best training | timm |",
-        "|---|---:|---:|---:|---|---|---|---|",
-    ]
-    for arch, bound in bounds.items():
-        rows = {engine: row for engine, row in results.get((arch, "float32"), {}).items() if row}
-        flops = 2 * bound["mlp_macs"] * batch
-        rates = (flops / bound["inference_s"], 3 * flops / bound["training_s"])
-        # Every multiply-add of the model at the rate of its MLP products.
-        ceilings = (rates[0] / (2 * bound["macs"]), rates[1] / (6 * bound["macs"]))
-
-        def share(key, ceiling, engines):
-            best = max(engines, key=lambda engine: rows[engine].get(key, 0), default=None)
-            if best is None or key not in rows[best]:
-                return ""
-            return f"{best} {rows[best][key]:.1f} ({rows[best][key] / ceiling:.0%})"
-
-        ours = [engine for engine in rows if not engine.startswith("timm")]
-        cells = [
-            f"{bound['macs'] / 1e9:.2f}",
-            f"{rates[0] / 1e9:.0f} / {rates[1] / 1e9:.0f}",
-            f"{ceilings[0]:.1f} / {ceilings[1]:.1f}",
-            share("throughput", ceilings[0], ours),
-            share("throughput", ceilings[0], [e for e in rows if e == "timm-compile"]),
-            share("train_throughput", ceilings[1], ours),
-            share("train_throughput", ceilings[1], [e for e in rows if e == "timm"]),
-        ]
-        lines.append(f"| {arch} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -413,14 +324,6 @@ def main(argv=None):
                 rows[engine] = measure(engine, arch, precision, options)
                 print(f"    {rows[engine]}", file=sys.stderr, flush=True)
     markdown = table(results, options.batch)
-    if options.device == "cpu" and "float32" in options.precisions.split(","):
-        bounds = {}
-        for arch in options.models.split(","):
-            print(f"  timing the MLP products of {arch} ...", file=sys.stderr, flush=True)
-            bounds[arch] = measure("matmul", arch, "float32", options)
-        bounds = {arch: bound for arch, bound in bounds.items() if bound}
-        if bounds:
-            markdown += "\n\n" + bounds_table(results, bounds, options.batch)
     print(markdown)
     os.makedirs(options.output, exist_ok=True)
     with open(os.path.join(options.output, "benchmark.md"), "w") as f:

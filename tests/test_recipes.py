@@ -21,15 +21,6 @@ def run_recipe(*args, env=None, recipe="classify.py"):
     )
 
 
-def load_benchmark():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("benchmark", os.path.join(REPO, "recipes", "benchmark.py"))
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
-    return benchmark
-
-
 def test_classify_offline_uses_random_weights_and_says_so():
     # conftest points HF_ENDPOINT at a closed local port: the download fails.
     result = run_recipe()
@@ -150,9 +141,12 @@ def test_check_export_prints_a_row_per_export(tmp_path, capsys):
 @pytest.mark.parametrize("malloc", ["system", "retain"])
 def test_benchmark_gives_every_engine_the_same_malloc_settings(monkeypatch, malloc):
     import argparse
+    import importlib.util
     import types
 
-    benchmark = load_benchmark()
+    spec = importlib.util.spec_from_file_location("benchmark", os.path.join(REPO, "recipes", "benchmark.py"))
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
     for name in benchmark.RETAINING_MALLOC:
         monkeypatch.delenv(name, raising=False)
     environments = {}
@@ -180,33 +174,10 @@ def test_benchmark_smoke_prints_a_table_and_draws_a_chart(tmp_path):
     result = run_recipe("--smoke", "--engines", "tf,timm", "--precisions", "float32", "--output", tmp_path,
                         "--torch-python", sys.executable, recipe="benchmark.py")
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| tiny | float32 |")]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| tiny |")]
     assert len(rows) == 1 and rows[0].startswith("| tiny | float32 | tf |"), result.stdout
     latency, throughput, training = (float(cell.split()[0]) for cell in rows[0].split("|")[4:7])
     assert latency > 0 and throughput > 0 and training > 0
     assert "timm: not run" in result.stdout  # no torch in the test environment
     assert (tmp_path / "benchmark.md").read_text().strip() in result.stdout
     assert (tmp_path / "benchmark.png").read_bytes().startswith(b"\x89PNG")
-    # The bounds table: the tiny model's MLP products were timed.
-    bound = [line for line in result.stdout.splitlines() if line.startswith("| tiny | 0.00 |")]
-    assert len(bound) == 1, result.stdout
-    ceilings = [float(value) for value in bound[0].split("|")[4].split("/")]
-    assert all(value > 0 for value in ceilings)
-    assert bound[0].split("|")[5].strip().startswith("tf ")
-
-
-def test_benchmark_bounds_scale_the_mlp_products_rate_to_every_multiply_add():
-    benchmark = load_benchmark()
-    # 1 GMAC of MLP products per image, at batch 32: 64 GFLOP forward in 1 s,
-    # 192 GFLOP for training in 4 s. The model has 2 GMACs per image, so at
-    # those rates a batch needs 2 s (16 img/s) and 8 s (4 img/s).
-    bound = {"macs": 2e9, "mlp_macs": 1e9, "inference_s": 1.0, "training_s": 4.0}
-    results = {("m", "float32"): {
-        "jax": {"throughput": 8.0, "train_throughput": 3.0},
-        "tflite": {"throughput": 12.0},
-        "timm-compile": {"throughput": 4.0},
-        "timm": {"throughput": 2.0, "train_throughput": 1.0},
-    }}
-    row = benchmark.bounds_table(results, {"m": bound}, batch=32).splitlines()[-1]
-    assert row == ("| m | 2.00 | 64 / 48 | 16.0 / 4.0 | tflite 12.0 (75%) | timm-compile 4.0 (25%) "
-                   "| jax 3.0 (75%) | timm 1.0 (25%) |")
