@@ -1,0 +1,78 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+# Frees a 256 MiB block, then counts the page faults of writing a new one.
+# The module is loaded from its file: importing the package would start a
+# Keras backend, seconds per process.
+MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "keras_metaformer", "malloc.py")
+SCRIPT = """
+import ctypes, importlib.util, resource, sys
+spec = importlib.util.spec_from_file_location("malloc", sys.argv[2])
+malloc = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(malloc)
+if sys.argv[1] == "retain":
+    assert malloc.retain_freed_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 256 << 20
+def touch():
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+touch()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+touch()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def faults_of_a_second_block(mode):
+    result = subprocess.run([sys.executable, "-c", SCRIPT, mode, MODULE], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.split()[-1])
+
+
+GLIBC = hasattr(os, "confstr") and "CS_GNU_LIBC_VERSION" in os.confstr_names and os.confstr("CS_GNU_LIBC_VERSION")
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc only")
+def test_retained_memory_is_reused_without_page_faults():
+    unmapped = faults_of_a_second_block("system")
+    retained = faults_of_a_second_block("retain")
+    # glibc's default maps the block afresh: one fault a page (fewer with
+    # transparent huge pages); retained, the first block's pages are reused.
+    assert unmapped > 100, unmapped
+    assert retained < unmapped / 10, (retained, unmapped)
+
+
+def test_the_trim_threshold_is_the_largest_size_t(monkeypatch):
+    # A training step's temporary buffer can pass 2 GiB, the largest
+    # positive int mallopt takes; a block above the threshold would still
+    # be returned to the kernel on free. -1 reads as SIZE_MAX in glibc.
+    from keras_metaformer import malloc
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, parameter, value):
+            calls.append((parameter, value))
+            return 1
+
+    monkeypatch.setattr(malloc.os, "confstr", lambda name: "glibc 2.36")
+    monkeypatch.setattr(malloc.ctypes, "CDLL", lambda name: FakeLibc())
+    assert malloc.retain_freed_memory()
+    assert dict(calls) == {malloc._M_TRIM_THRESHOLD: -1, malloc._M_MMAP_MAX: 0, malloc._M_ARENA_MAX: 1}
+
+
+def test_other_c_libraries_are_left_alone(monkeypatch):
+    from keras_metaformer import malloc
+
+    def no_such_name(name):
+        raise ValueError("unrecognized configuration name")
+
+    monkeypatch.setattr(malloc.os, "confstr", no_such_name)
+    assert malloc.retain_freed_memory() is False
