@@ -9,6 +9,7 @@ import socket
 import keras
 
 import keras_metaformer
+from keras_metaformer.malloc import retain_freed_memory
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # mirrored: all local devices (TF); multi-worker: the cluster in TF_CONFIG,
@@ -28,11 +29,17 @@ def add_arguments(parser, *, batch_size, epochs):
     parser.add_argument("--jit-compile", action="store_true", help="compile train steps with XLA")
     parser.add_argument("--distribution", choices=DISTRIBUTIONS, default="none")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--malloc", choices=("retain", "system"), default="retain",
+                        help="keep freed memory for reuse (faster steps on a CPU; the process keeps its peak "
+                             "memory), or leave glibc's malloc as configured")
     parser.add_argument("--smoke", action="store_true", help="a few steps on tiny data (CI)")
 
 
 def configure(args):
-    """Seeds, precision policy and distribution; returns the scope to build in."""
+    """Allocator, seeds, precision policy and distribution; returns the scope to build in."""
+    if args.malloc == "retain":
+        # First: threads that have already allocated keep returning memory.
+        retain_freed_memory()
     socket.setdefaulttimeout(30)  # fail fast rather than hang offline
     keras.utils.set_random_seed(args.seed)
     keras.config.set_dtype_policy(args.precision)
