@@ -39,13 +39,20 @@ def retain_freed_memory():
     >>> retain_freed_memory()  # doctest: +SKIP
     True
     """
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return False
-        mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError, ValueError):  # no confstr, name or mallopt
+    mallopt = glibc_mallopt()
+    if mallopt is None:
         return False
     # mallopt takes an int; glibc reads the threshold as a size_t, so -1 is
     # the largest threshold there is: never trim.
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
     return all(mallopt(parameter, value) == 1 for parameter, value in settings)
+
+
+def glibc_mallopt():
+    """glibc's `mallopt`, or None where the C library is another one."""
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return None
+        return ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError, ValueError):  # no confstr, name or mallopt
+        return None

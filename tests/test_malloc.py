@@ -1,20 +1,21 @@
-import os
 import subprocess
 import sys
 
 import pytest
 
+from keras_metaformer import malloc
+
 # Frees a 256 MiB block, then counts the page faults of writing a new one.
 # The module is loaded from its file: importing the package would start a
 # Keras backend, seconds per process.
-MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "keras_metaformer", "malloc.py")
+MODULE = malloc.__file__
 SCRIPT = """
 import ctypes, importlib.util, resource, sys
 spec = importlib.util.spec_from_file_location("malloc", sys.argv[2])
-malloc = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(malloc)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
 if sys.argv[1] == "retain":
-    assert malloc.retain_freed_memory()
+    assert module.retain_freed_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -36,10 +37,7 @@ def faults_of_a_second_block(mode):
     return int(result.stdout.split()[-1])
 
 
-GLIBC = hasattr(os, "confstr") and "CS_GNU_LIBC_VERSION" in os.confstr_names and os.confstr("CS_GNU_LIBC_VERSION")
-
-
-@pytest.mark.skipif(not GLIBC, reason="glibc only")
+@pytest.mark.skipif(malloc.glibc_mallopt() is None, reason="glibc only")
 def test_retained_memory_is_reused_without_page_faults():
     unmapped = faults_of_a_second_block("system")
     retained = faults_of_a_second_block("retain")
@@ -53,8 +51,6 @@ def test_the_trim_threshold_is_the_largest_size_t(monkeypatch):
     # A training step's temporary buffer can pass 2 GiB, the largest
     # positive int mallopt takes; a block above the threshold would still
     # be returned to the kernel on free. -1 reads as SIZE_MAX in glibc.
-    from keras_metaformer import malloc
-
     calls = []
 
     class FakeLibc:
@@ -69,8 +65,6 @@ def test_the_trim_threshold_is_the_largest_size_t(monkeypatch):
 
 
 def test_other_c_libraries_are_left_alone(monkeypatch):
-    from keras_metaformer import malloc
-
     def no_such_name(name):
         raise ValueError("unrecognized configuration name")
 
