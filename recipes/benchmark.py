@@ -4,8 +4,10 @@ Command:   python recipes/benchmark.py --torch-python /work/refvenv/bin/python
            python recipes/benchmark.py --models poolformer_s12      (the targets' row only)
 Hardware:  this 2-core CPU: about 4 minutes per model and precision for all
            engines; PoolFormer-M48 several times that.
-Result:    a markdown table (stdout and <output>/benchmark.md) and a bar chart
-           (<output>/benchmark.png): per model, engine and precision, batch-1
+Result:    a line naming the CPU and its vector units (AVX2, AVX-512, AVX-512
+           BF16, AMX), then a markdown table (both on stdout and in
+           <output>/benchmark.md) and a bar chart (<output>/benchmark.png):
+           per model, engine and precision, batch-1
            latency (ms), batch-32 throughput (img/s), batch-32 training
            throughput (img/s), peak resident memory (MiB), and each number as a
            ratio to timm's torch.compile (inference) or eager (training) in the
@@ -37,6 +39,7 @@ per step on this 2-core CPU, and eager PyTorch's tensors about as many.
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -51,8 +54,35 @@ PRECISIONS = ("float32", "bfloat16")
 # glibc malloc settings that keep freed memory for reuse: one arena (other
 # arenas fall back to mmap for large blocks), no mmap, no trimming.
 RETAINING_MALLOC = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**62)}
+# The vector units that decide these numbers, as /proc/cpuinfo names them.
+# Two 2-core AMD EPYC machines used here gave timm's torch.compile 23 img/s
+# (AVX2 only) and 44 img/s (AVX-512) for PoolFormer-S12 at batch 32, and
+# bfloat16 has hardware support only with AVX-512 BF16 or AMX: compare
+# numbers only between runs on the same kind of CPU.
+CPU_FEATURES = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"), ("amx_bf16", "AMX"))
 # Inference is compared with torch.compile, training with eager PyTorch.
 BASELINE = {"inference": "timm-compile", "training": "timm"}
+
+
+def describe_cpu(cpuinfo="/proc/cpuinfo"):
+    """One line naming the CPU, its logical CPUs, and which of
+    `CPU_FEATURES` it has; from `platform` where `cpuinfo` cannot be read."""
+    try:
+        with open(cpuinfo) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs"
+    fields = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    count = sum(line.split(":")[0].strip() == "processor" for line in lines)
+    flags = set(fields.get("flags", "").split())
+    have = [name for flag, name in CPU_FEATURES if flag in flags]
+    lack = [name for flag, name in CPU_FEATURES if flag not in flags]
+    return (f"CPU: {fields.get('model name', platform.machine())}, {count} logical CPUs; "
+            f"with {', '.join(have) or 'none of ' + ', '.join(lack)}"
+            + (f"; without {', '.join(lack)}" if have and lack else ""))
 
 
 def timed(step, warmup, repeats):
@@ -323,7 +353,7 @@ def main(argv=None):
                 print(f"  measuring {arch} {precision} {engine} ...", file=sys.stderr, flush=True)
                 rows[engine] = measure(engine, arch, precision, options)
                 print(f"    {rows[engine]}", file=sys.stderr, flush=True)
-    markdown = table(results, options.batch)
+    markdown = f"{describe_cpu()}; {options.threads} threads per engine.\n\n{table(results, options.batch)}"
     print(markdown)
     os.makedirs(options.output, exist_ok=True)
     with open(os.path.join(options.output, "benchmark.md"), "w") as f:

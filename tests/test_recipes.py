@@ -138,15 +138,38 @@ def test_check_export_prints_a_row_per_export(tmp_path, capsys):
     assert rows == ["export", "SavedModel", "TFLite float32", "TFLite float16", "TFLite dynamic", "TFLite int8"]
 
 
-@pytest.mark.parametrize("malloc", ["system", "retain"])
-def test_benchmark_gives_every_engine_the_same_malloc_settings(monkeypatch, malloc):
-    import argparse
+def load_benchmark():
     import importlib.util
-    import types
 
     spec = importlib.util.spec_from_file_location("benchmark", os.path.join(REPO, "recipes", "benchmark.py"))
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
+    return benchmark
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ("fpu sse avx avx2 fma", "with AVX2; without AVX-512, AVX-512 BF16, AMX"),
+        ("avx2 avx512f avx512bw avx512_bf16 avx512_vnni", "with AVX2, AVX-512, AVX-512 BF16; without AMX"),
+        ("avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", "with AVX2, AVX-512, AVX-512 BF16, AMX"),
+        ("neon asimd", "with none of AVX2, AVX-512, AVX-512 BF16, AMX"),
+    ],
+)
+def test_benchmark_names_the_cpu_and_its_vector_units(tmp_path, flags, expected):
+    # Two logical CPUs, as /proc/cpuinfo lists them: one stanza each.
+    stanza = "processor\t: {}\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\nflags\t\t: " + flags + "\n\n"
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(stanza.format(0) + stanza.format(1))
+    assert load_benchmark().describe_cpu(str(cpuinfo)) == f"CPU: AMD EPYC 9R14, 2 logical CPUs; {expected}"
+
+
+@pytest.mark.parametrize("malloc", ["system", "retain"])
+def test_benchmark_gives_every_engine_the_same_malloc_settings(monkeypatch, malloc):
+    import argparse
+    import types
+
+    benchmark = load_benchmark()
     for name in benchmark.RETAINING_MALLOC:
         monkeypatch.delenv(name, raising=False)
     environments = {}
@@ -180,4 +203,5 @@ def test_benchmark_smoke_prints_a_table_and_draws_a_chart(tmp_path):
     assert latency > 0 and throughput > 0 and training > 0
     assert "timm: not run" in result.stdout  # no torch in the test environment
     assert (tmp_path / "benchmark.md").read_text().strip() in result.stdout
+    assert (tmp_path / "benchmark.md").read_text().startswith("CPU: ")
     assert (tmp_path / "benchmark.png").read_bytes().startswith(b"\x89PNG")
