@@ -7,11 +7,10 @@ Hardware:  this 2-core CPU: about 4 minutes per model and precision for all
 Result:    a line naming the CPU and its vector units (AVX2, AVX-512, AVX-512
            BF16, AMX), then a markdown table (both on stdout and in
            <output>/benchmark.md) and a bar chart (<output>/benchmark.png):
-           per model, engine and precision, batch-1
-           latency (ms), batch-32 throughput (img/s), batch-32 training
-           throughput (img/s), peak resident memory (MiB), and each number as a
-           ratio to timm's torch.compile (inference) or eager (training) in the
-           same run.
+           per model, engine and precision, batch-1 latency (ms), batch-32
+           throughput (img/s), batch-32 training throughput (img/s), peak
+           resident memory (MiB), and each number as a ratio to timm's
+           torch.compile (inference) or eager (training) in the same run.
 
 Engines: `tf` (TensorFlow graph), `tf-xla` (jit_compile), `jax` (jax.jit),
 `tflite` (LiteRT, float32 only), `timm` (PyTorch eager) and `timm-compile`
