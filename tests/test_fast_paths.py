@@ -12,6 +12,7 @@ import pytest
 import numpy_reference as ref
 from keras_metaformer import layers
 from keras_metaformer.layers import compilation
+from keras_metaformer.layers import depthwise as depthwise_module
 from keras_metaformer.layers import mlp as mlp_module
 from keras_metaformer.layers import patch_embedding as patch_embedding_module
 from keras_metaformer.layers import sepconv_mixer as sepconv_module
@@ -202,6 +203,18 @@ def test_compiled_depthwise_conv_matches_numpy(size, shape):
     np.testing.assert_allclose(actual, ref.depthwise_conv2d_same(x, kernel), rtol=1e-5, atol=1e-5)
 
 
+def _depthwise_kernel_gradient(x, kernel, weights):
+    """`d sum(conv(x, kernel) * weights) / d kernel` as J^T w: the convolution
+    is linear in the kernel, so each entry is the NumPy reference applied to
+    a basis kernel."""
+    gradient = np.zeros_like(kernel)
+    for index in np.ndindex(*kernel.shape):
+        basis = np.zeros_like(kernel)
+        basis[index] = 1
+        gradient[index] = np.sum(ref.depthwise_conv2d_same(x, basis) * weights)
+    return gradient
+
+
 @pytest.mark.parametrize("size", [3, 5])
 def test_compiled_depthwise_conv_gradients_are_the_transposed_jacobians(size):
     # The convolution is linear in the input and in the kernel separately:
@@ -214,14 +227,51 @@ def test_compiled_depthwise_conv_gradients_are_the_transposed_jacobians(size):
         basis = np.zeros_like(x)
         basis[index] = 1
         expected_dx[index] = np.sum(ref.depthwise_conv2d_same(basis, kernel) * weights)
-    expected_dk = np.zeros_like(kernel)
-    for index in np.ndindex(*kernel.shape):
-        basis = np.zeros_like(kernel)
-        basis[index] = 1
-        expected_dk[index] = np.sum(ref.depthwise_conv2d_same(x, basis) * weights)
+    expected_dk = _depthwise_kernel_gradient(x, kernel, weights)
     dx, dk = _compiled_gradients(depthwise_conv2d_same, weights)(x, kernel)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(dx), expected_dx, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(dk), expected_dk, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, chunk_elements", [
+    ((3, 9, 6, 2), 2**20),  # one pass; 9x6 is not a whole number of 4x4 blocks
+    ((6, 5, 8, 3), 2 * 5 * 8 * 3),  # three passes of two images
+    ((5, 4, 4, 2), 2 * 4 * 4 * 2),  # 5 has no divisor 2: five passes of one
+])
+def test_compiled_depthwise_kernel_gradient_sums_over_every_block_and_image(monkeypatch, shape, chunk_elements):
+    monkeypatch.setattr(depthwise_module, "_CHUNK_ELEMENTS", chunk_elements)
+    size = 7
+    x, kernel, weights = _random(*shape), _random(size, size, shape[-1], 1), _random(*shape)
+    expected_dk = _depthwise_kernel_gradient(x, kernel, weights)
+    _, dk = _compiled_gradients(depthwise_conv2d_same, weights)(x, kernel)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(dk), expected_dk, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(JAX, reason="jax.jit always traces with a known batch size")
+def test_compiled_depthwise_kernel_gradient_takes_an_unknown_batch_size():
+    import tensorflow as tf
+
+    x, kernel, weights = _random(3, 9, 6, 2), _random(7, 7, 2, 1), _random(3, 9, 6, 2)
+
+    @tf.function(jit_compile=True, input_signature=[tf.TensorSpec([None, 9, 6, 2]), tf.TensorSpec([7, 7, 2, 1])])
+    def kernel_gradient(x, kernel):
+        with tf.GradientTape() as tape:
+            tape.watch(kernel)
+            total = tf.reduce_sum(depthwise_conv2d_same(x, kernel) * weights)
+        return tape.gradient(total, kernel)
+
+    expected = _depthwise_kernel_gradient(x, kernel, weights)
+    np.testing.assert_allclose(kernel_gradient(x, kernel).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_kernel_gradient_picks_whole_chunks_of_images():
+    per_image = 56 * 56 * 128
+    assert depthwise_module._images_per_chunk(32, per_image) == 2
+    assert depthwise_module._images_per_chunk(31, per_image) == 1
+    assert depthwise_module._images_per_chunk(32, 7 * 7 * 1024) == 16
+    assert depthwise_module._images_per_chunk(3, 4 * 4 * 2) == 3
+    assert depthwise_module._images_per_chunk(None, per_image) == 1
+    assert depthwise_module._images_per_chunk(8, 4 * per_image) == 1
 
 
 def test_depthwise_conv_refuses_an_even_or_non_square_kernel():
