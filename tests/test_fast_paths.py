@@ -247,21 +247,6 @@ def test_compiled_depthwise_kernel_gradient_sums_over_every_block_and_image(monk
     np.testing.assert_allclose(keras.ops.convert_to_numpy(dk), expected_dk, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(3, 4, 5, 6), (7, 6)])
-def test_compiled_layer_scale_gradients_match_numpy(shape):
-    # The product runs on a (positions, channels) view; the scale's gradient
-    # must still sum over every position of every image.
-    layer = layers.LayerScale()
-    x, weights, scale = _random(*shape), _random(*shape), _random(shape[-1])
-    layer.build(shape)
-    layer.scale.assign(scale)
-    y, (d_scale,), dx = _compiled_layer_gradients(layer, x, weights)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(y), x * scale, rtol=1e-6)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(dx), weights * scale, rtol=1e-6)
-    expected = (weights * x).reshape(-1, shape[-1]).sum(axis=0)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(d_scale), expected, rtol=1e-5, atol=1e-5)
-
-
 @pytest.mark.skipif(JAX, reason="jax.jit always traces with a known batch size")
 def test_compiled_depthwise_kernel_gradient_takes_an_unknown_batch_size():
     import tensorflow as tf
@@ -452,6 +437,21 @@ def test_compiled_patch_embedding_gradients_match_keras_conv(monkeypatch):
     assert len(results[False]) == 4  # the norm's scale, the kernel, the bias, the input
     for matmul, keras_conv in zip(results[False], results[True]):
         np.testing.assert_allclose(matmul, keras_conv, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5, 6), (7, 6)])
+def test_compiled_layer_scale_gradients_match_numpy(shape):
+    # The product runs on a (positions, channels) view; the scale's gradient
+    # must still sum over every position of every image.
+    layer = layers.LayerScale()
+    x, weights, scale = _random(*shape), _random(*shape), _random(shape[-1])
+    layer.build(shape)
+    layer.scale.assign(scale)
+    y, (d_scale,), dx = _compiled_layer_gradients(layer, x, weights)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(y), x * scale, rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(dx), weights * scale, rtol=1e-6)
+    expected = (weights * x).reshape(-1, shape[-1]).sum(axis=0)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(d_scale), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_compiled_block_gradients_with_folded_layer_scales_match_finite_differences():

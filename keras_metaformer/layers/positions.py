@@ -1,4 +1,5 @@
-"""Running a Dense layer over every position of an image as one 2-D product."""
+"""A `(batch, ..., channels)` tensor as a `(positions, channels)` matrix and back,
+for per-channel work (Dense layers, scales) done as 2-D operations."""
 
 from keras import ops
 
