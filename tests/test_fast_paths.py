@@ -233,13 +233,16 @@ def test_compiled_depthwise_conv_gradients_are_the_transposed_jacobians(size):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(dk), expected_dk, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("loop", [False, True], ids=["unrolled", "looped"])
 @pytest.mark.parametrize("shape, chunk_elements", [
     ((3, 9, 6, 2), 2**20),  # one pass; 9x6 is not a whole number of 4x4 blocks
     ((6, 5, 8, 3), 2 * 5 * 8 * 3),  # three passes of two images
     ((5, 4, 4, 2), 2 * 4 * 4 * 2),  # 5 has no divisor 2: five passes of one
 ])
-def test_compiled_depthwise_kernel_gradient_sums_over_every_block_and_image(monkeypatch, shape, chunk_elements):
+def test_compiled_depthwise_kernel_gradient_sums_over_every_block_and_image(monkeypatch, shape, chunk_elements, loop):
+    # Each backend takes one form by default; both must hold on both.
     monkeypatch.setattr(depthwise_module, "_CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(depthwise_module, "_loops_over_taps", lambda: loop)
     size = 7
     x, kernel, weights = _random(*shape), _random(size, size, shape[-1], 1), _random(*shape)
     expected_dk = _depthwise_kernel_gradient(x, kernel, weights)
@@ -248,8 +251,11 @@ def test_compiled_depthwise_kernel_gradient_sums_over_every_block_and_image(monk
 
 
 @pytest.mark.skipif(JAX, reason="jax.jit always traces with a known batch size")
-def test_compiled_depthwise_kernel_gradient_takes_an_unknown_batch_size():
+@pytest.mark.parametrize("loop", [False, True], ids=["unrolled", "looped"])
+def test_compiled_depthwise_kernel_gradient_takes_an_unknown_batch_size(monkeypatch, loop):
     import tensorflow as tf
+
+    monkeypatch.setattr(depthwise_module, "_loops_over_taps", lambda: loop)
 
     x, kernel, weights = _random(3, 9, 6, 2), _random(7, 7, 2, 1), _random(3, 9, 6, 2)
 
@@ -262,6 +268,31 @@ def test_compiled_depthwise_kernel_gradient_takes_an_unknown_batch_size():
 
     expected = _depthwise_kernel_gradient(x, kernel, weights)
     np.testing.assert_allclose(kernel_gradient(x, kernel).numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(JAX, reason="the loop is TensorFlow's form; JAX keeps the unrolled one")
+def test_tensorflow_kernel_gradient_is_a_loop_with_a_small_program(monkeypatch):
+    # Unrolled, ConvFormer's training step was too big a program for
+    # TensorFlow's XLA to compile in reasonable time and memory.
+    import tensorflow as tf
+
+    assert depthwise_module._loops_over_taps()
+    x, kernel, weights = _random(3, 9, 6, 2), _random(7, 7, 2, 1), _random(3, 9, 6, 2)
+
+    def slices_in_gradient_program(loop):
+        monkeypatch.setattr(depthwise_module, "_loops_over_taps", lambda: loop)
+
+        @tf.function(jit_compile=True)
+        def kernel_gradient(x, kernel):
+            with tf.GradientTape() as tape:
+                tape.watch(kernel)
+                total = tf.reduce_sum(depthwise_conv2d_same(x, kernel) * weights)
+            return tape.gradient(total, kernel)
+
+        hlo = kernel_gradient.experimental_get_compiler_ir(x, kernel)(stage="hlo")
+        return sum(" slice(" in line for line in hlo.splitlines())
+
+    assert 4 * slices_in_gradient_program(True) < slices_in_gradient_program(False)
 
 
 def test_depthwise_kernel_gradient_picks_whole_chunks_of_images():

@@ -13,6 +13,7 @@ forward, 4 ms against 19 ms with the gradient, on an H100), so layers take
 this path only when compiling for a CPU.
 """
 
+import keras
 from keras import ops
 
 
@@ -93,12 +94,6 @@ def _tap_gradient(x, upstream, size):
     under JAX on a 2-core CPU, ConvFormer-S18's 18 kernel gradients at
     batch 32 went from about 1.8 s to 0.6 s. Both operands are
     zero-padded to whole blocks (zeros in `upstream` add nothing).
-
-    The price is code size: 49 taps of 16 products each, per layer. Under
-    TensorFlow's XLA, ConvFormer-S18's first training step, which compiles
-    it, took 272 s and 16.4 GB; with XLA's own kernel gradient, 64 s and
-    6.8 GB, but every later step took 24 s instead of 7 s (README,
-    Benchmark). Looping over the taps would shrink the code; not yet tried.
     """
     half = size // 2
     batch, height, width, channels = x.shape
@@ -106,20 +101,11 @@ def _tap_gradient(x, upstream, size):
     span_h, span_w = rows * _BLOCK, cols * _BLOCK
     gradient = ops.pad(upstream, [[0, 0], [0, span_h - height], [0, span_w - width], [0, 0]])
     padded = ops.pad(x, [[0, 0], [half, half + span_h - height], [half, half + span_w - width], [0, 0]])
+    tap_sums = _looped_tap_sums if _loops_over_taps() else _unrolled_tap_sums
 
     def chunk_taps(pair):
         images, gradients = pair
-        taps = [
-            sum(
-                images[:, a + i : a + i + span_h : _BLOCK, b + j : b + j + span_w : _BLOCK]
-                * gradients[:, a::_BLOCK, b::_BLOCK]
-                for a in range(_BLOCK)
-                for b in range(_BLOCK)
-            )
-            for i in range(size)
-            for j in range(size)
-        ]
-        return ops.sum(ops.stack(taps), axis=(1, 2, 3))
+        return tap_sums(images, gradients, size, (span_h, span_w))
 
     chunk = _images_per_chunk(batch, height * width * channels)
     if chunk == batch:
@@ -136,6 +122,59 @@ def _tap_gradient(x, upstream, size):
             axis=0,
         )
     return ops.reshape(sums, (size, size, channels))
+
+
+def _loops_over_taps():
+    """Whether `_tap_gradient` loops over the taps instead of unrolling them.
+
+    Unrolled, the gradient is 49 x 16 products per layer. JAX compiles
+    that readily (ConvFormer-S18's first training step took 40 s), but
+    TensorFlow's XLA took 272 s and 16.4 GB of memory for it. With the loop,
+    that step took 55 s and 8.2 GB, and the steps after it ran as fast as
+    before (6.6-7.1 s); timed alone at batch 32, the looped kernel gradients
+    were as fast as or faster than the unrolled ones under TensorFlow (for
+    example 94 against 100 ms in stage 1). JAX's XLA copies each tap's
+    window out of the input inside the loop, which made them up to twice as
+    slow there (205 against 106 ms), so JAX keeps the unrolled form.
+    """
+    return keras.backend.backend() == "tensorflow"
+
+
+def _block_sums(images, gradients, offset, span):
+    """`images[:, i : i + span_h, j : j + span_w] * gradients` summed over
+    each `_BLOCK x _BLOCK` block of positions, as one fused loop of 16
+    strided-slice products.
+
+    The offset goes into the strided slices themselves: under JAX, slicing
+    the window first and then striding it copied each window, and the
+    kernel gradients took 3x as long.
+    """
+    (i, j), (span_h, span_w) = offset, span
+    return sum(
+        images[:, i + a : i + a + span_h : _BLOCK, j + b : j + b + span_w : _BLOCK]
+        * gradients[:, a::_BLOCK, b::_BLOCK]
+        for a in range(_BLOCK)
+        for b in range(_BLOCK)
+    )
+
+
+def _unrolled_tap_sums(images, gradients, size, span):
+    """`(size * size, channels)` tap sums, one fused loop per tap."""
+    blocks = [_block_sums(images, gradients, (i, j), span) for i in range(size) for j in range(size)]
+    return ops.sum(ops.stack(blocks), axis=(1, 2, 3))
+
+
+def _looped_tap_sums(images, gradients, size, span):
+    """The same sums as `_unrolled_tap_sums`, one loop step per tap."""
+    count, channels = images.shape[0], images.shape[-1]
+
+    def add_tap(tap, sums):
+        start = (0, tap // size, tap % size, 0)
+        window = ops.slice(images, start, (count, *span, channels))
+        total = ops.sum(_block_sums(window, gradients, (0, 0), span), axis=(0, 1, 2))
+        return ops.slice_update(sums, (tap, 0), total[None])
+
+    return ops.fori_loop(0, size * size, add_tap, ops.zeros((size * size, channels), images.dtype))
 
 
 def _images_per_chunk(batch, image_elements):
