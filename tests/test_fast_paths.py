@@ -274,22 +274,13 @@ def test_compiled_depthwise_kernel_gradient_takes_an_unknown_batch_size(monkeypa
 def test_tensorflow_kernel_gradient_is_a_loop_with_a_small_program(monkeypatch):
     # Unrolled, ConvFormer's training step was too big a program for
     # TensorFlow's XLA to compile in reasonable time and memory.
-    import tensorflow as tf
-
     assert depthwise_module._loops_over_taps()
     x, kernel, weights = _random(3, 9, 6, 2), _random(7, 7, 2, 1), _random(3, 9, 6, 2)
 
     def slices_in_gradient_program(loop):
         monkeypatch.setattr(depthwise_module, "_loops_over_taps", lambda: loop)
-
-        @tf.function(jit_compile=True)
-        def kernel_gradient(x, kernel):
-            with tf.GradientTape() as tape:
-                tape.watch(kernel)
-                total = tf.reduce_sum(depthwise_conv2d_same(x, kernel) * weights)
-            return tape.gradient(total, kernel)
-
-        hlo = kernel_gradient.experimental_get_compiler_ir(x, kernel)(stage="hlo")
+        gradients = _compiled_gradients(depthwise_conv2d_same, weights)
+        hlo = gradients.experimental_get_compiler_ir(x, kernel)(stage="hlo")
         return sum(" slice(" in line for line in hlo.splitlines())
 
     assert 4 * slices_in_gradient_program(True) < slices_in_gradient_program(False)
