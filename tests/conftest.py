@@ -1,15 +1,19 @@
+import atexit
 import functools
 import json
 import os
+import shutil
 import sys
 import tempfile
 
 import pytest
 
 # Tests never touch the user's Keras cache, nor the network: downloads go to
-# a throwaway KERAS_HOME, and the Hub endpoint points at a closed local port
-# unless a test serves weights itself.
+# a throwaway KERAS_HOME (one per test process, shared with the subprocesses
+# it starts, removed when it exits), and the Hub endpoint points at a closed
+# local port unless a test serves weights itself.
 os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="keras_metaformer_tests_")
+atexit.register(shutil.rmtree, os.environ["KERAS_HOME"], ignore_errors=True)
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
 
 sys.path.insert(0, os.path.dirname(__file__))
