@@ -33,12 +33,14 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     >>> import tempfile, numpy as np, keras
     >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     >>> model.compile("sgd", "mse")
-    >>> checkpoint = ResumableCheckpoint(tempfile.mkdtemp())
+    >>> scratch = tempfile.TemporaryDirectory()
+    >>> checkpoint = ResumableCheckpoint(scratch.name)
     >>> start = checkpoint.restore(model)  # 0: nothing saved yet
     >>> _ = model.fit(np.zeros((4, 2)), np.zeros((4, 1)), epochs=2,
     ...               initial_epoch=start, callbacks=[checkpoint], verbose=0)
     >>> checkpoint.restore(model)  # the next run would start at epoch 2
     2
+    >>> scratch.cleanup()
     """
 
     def __init__(self, directory):

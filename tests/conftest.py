@@ -45,6 +45,14 @@ def full_size_model(arch):
 
 
 @pytest.fixture(autouse=True)
+def _temporary_files_under_basetemp(tmp_path_factory, monkeypatch):
+    """What a test makes with `tempfile` (the doctests' `mkdtemp()`,
+    tensorflow-datasets' metadata folders, which it never removes) goes into
+    pytest's own temporary tree, which pytest prunes, instead of /tmp."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tempfiles")))
+
+
+@pytest.fixture(autouse=True)
 def _restore_dtype_policy():
     policy = keras.config.dtype_policy()
     yield

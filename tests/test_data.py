@@ -1,7 +1,6 @@
 """tf.data pipelines: transforms against PIL, sources, augmentation, errors."""
 
 import os
-import tempfile
 
 import numpy as np
 import PIL.Image
@@ -185,15 +184,9 @@ def test_missing_or_empty_folders_are_explained(tmp_path, make, message):
         data.from_directory(str(make(tmp_path)), training=True)
 
 
-@pytest.fixture
-def tfds(tmp_path, monkeypatch):
-    module = pytest.importorskip("tensorflow_datasets")
-    # tfds copies a dataset's metadata through a temporary folder that it
-    # never removes: keep those inside the test's own folder.
-    scratch = tmp_path / "tempfiles"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    return module
+@pytest.fixture(scope="module")
+def tfds():
+    return pytest.importorskip("tensorflow_datasets")
 
 
 def test_tfds_imagenet_reads_from_a_manual_dir(tfds, tmp_path):

@@ -102,13 +102,15 @@ def from_directory(directory, *, training, on_corrupt="raise", **options):
     Example:
 
     >>> import tempfile, numpy as np, keras
-    >>> root = tempfile.mkdtemp()
+    >>> scratch = tempfile.TemporaryDirectory()
+    >>> root = scratch.name
     >>> for name in ("cat", "dog"):
     ...     os.makedirs(f"{root}/{name}")
     ...     keras.utils.save_img(f"{root}/{name}/0.png", np.zeros((40, 50, 3)))
     >>> val = from_directory(root, training=False, image_size=32, batch_size=2)
     >>> val.class_names, next(iter(val))[0].shape
     (['cat', 'dog'], TensorShape([2, 32, 32, 3]))
+    >>> scratch.cleanup()
     """
     if on_corrupt not in ("raise", "skip"):
         raise ValueError(f"`on_corrupt` must be 'raise' or 'skip'. Received: on_corrupt={on_corrupt!r}")
