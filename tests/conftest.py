@@ -48,8 +48,11 @@ def full_size_model(arch):
 def _temporary_files_under_basetemp(tmp_path_factory, monkeypatch):
     """What a test makes with `tempfile` (the doctests' `mkdtemp()`,
     tensorflow-datasets' metadata folders, which it never removes) goes into
-    pytest's own temporary tree, which pytest prunes, instead of /tmp."""
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("tempfiles")))
+    pytest's own temporary tree, which pytest prunes, instead of /tmp; so
+    does what the subprocesses it starts make, through TMPDIR."""
+    scratch = str(tmp_path_factory.mktemp("tempfiles"))
+    monkeypatch.setattr(tempfile, "tempdir", scratch)
+    monkeypatch.setenv("TMPDIR", scratch)
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 
 import keras
 import pytest
@@ -15,14 +14,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_recipe(*args, env=None, recipe="classify.py"):
-    # A TMPDIR of its own, removed after: tensorflow-datasets leaves
-    # temporary folders behind.
-    with tempfile.TemporaryDirectory() as scratch:
-        environment = dict(os.environ, TMPDIR=scratch, **(env or {}))
-        return subprocess.run(
-            [sys.executable, os.path.join(REPO, "recipes", recipe), *args],
-            capture_output=True, text=True, env=environment, timeout=600,
-        )
+    environment = dict(os.environ, **(env or {}))
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "recipes", recipe), *args],
+        capture_output=True, text=True, env=environment, timeout=600,
+    )
 
 
 def test_classify_offline_uses_random_weights_and_says_so():
