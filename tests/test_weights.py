@@ -129,6 +129,42 @@ def test_authors_keys_are_renamed_like_timms_filter(arch):
     assert renamed == {t: a for a, t in mapping.items()}
 
 
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a TensorFlow graph")
+@pytest.mark.parametrize("arch", ["poolformer_s12", "poolformerv2_s12", "convformer_s18", "caformer_s18"])
+def test_frozen_function_matches_timm_and_keeps_its_weights(arch, weights_dir):
+    from keras_metaformer.export import frozen_function
+
+    model = tiny_model(arch, weights=weights_file(weights_dir, arch))
+    predict = frozen_function(model)
+    # The function holds copies: zeroing the model's weights must not reach it.
+    for weight in model.weights:
+        weight.assign(np.zeros(weight.shape, weight.dtype))
+    io = reference(arch)
+    logits = keras.ops.convert_to_numpy(predict(io["images"].astype("float32")))
+    np.testing.assert_allclose(logits, io["logits"], rtol=0, atol=PARITY_ATOL)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a TensorFlow graph")
+def test_frozen_function_keeps_the_bfloat16_policy(weights_dir):
+    from keras_metaformer.export import frozen_function
+
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = tiny_model("poolformer_s12", weights=weights_file(weights_dir, "poolformer_s12"))
+    io = reference("poolformer_s12")
+    logits = keras.ops.convert_to_numpy(frozen_function(model)(io["images"].astype("float32")))
+    # bfloat16 keeps 8 bits of mantissa: agreement to a few hundredths, not 1e-4.
+    np.testing.assert_allclose(logits, io["logits"], rtol=0, atol=0.05)
+    assert not np.allclose(logits, io["logits"], rtol=0, atol=PARITY_ATOL)
+
+
+@pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the error of other backends")
+def test_frozen_function_explains_that_it_needs_tensorflow():
+    from keras_metaformer.export import frozen_function
+
+    with pytest.raises(ValueError, match="KERAS_BACKEND=tensorflow"):
+        frozen_function(tiny_model("poolformer_s12"))
+
 # --- Full-size variants: key and shape lists, parameter counts -------------
 
 # Parameter counts in the papers' tables, to their precision (millions).

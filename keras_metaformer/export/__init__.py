@@ -1,4 +1,5 @@
-"""Export for serving and phones: TF Serving SavedModels and TFLite files.
+"""Export for serving and phones: TF Serving SavedModels, TFLite files, and
+frozen TensorFlow functions for fast CPU inference.
 
 Importing this module does not import TensorFlow; each function imports it
 when called (exporting always runs TensorFlow, whatever the Keras backend).
@@ -13,6 +14,7 @@ Example:
     export.export_tflite(model, "poolformer_s12_fp16.tflite", quantize="float16")
 """
 
+from keras_metaformer.export.frozen import frozen_function
 from keras_metaformer.export.saved_model import CLASSIFY
 from keras_metaformer.export.saved_model import SERVING_DEFAULT
 from keras_metaformer.export.saved_model import export_saved_model
@@ -31,6 +33,7 @@ __all__ = [
     "SERVING_DEFAULT",
     "export_saved_model",
     "export_tflite",
+    "frozen_function",
     "grpc_request",
     "rest_request",
     "run_tflite",

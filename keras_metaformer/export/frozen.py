@@ -1,0 +1,67 @@
+"""Inference with every weight a constant of the TensorFlow graph.
+
+TensorFlow's oneDNN kernels pack the weights of a matrix product into the
+blocked layout their fastest (brgemm) kernels read only when the weights are
+graph constants: read from variables, each product runs a slower kernel on
+the plain layout. On a 2-core AVX-512 BF16 CPU, a PoolFormer-S12 forward
+pass under the `mixed_bfloat16` policy took 16.7 instead of 25.0 ms at batch
+1 and 410 instead of 456 ms at batch 32 this way (float32: 25.0 instead of
+27.8 ms, and 2-5% at batch 32).
+"""
+
+import keras
+
+
+def frozen_function(model):
+    """Returns `model`'s inference as a TensorFlow function with constant weights.
+
+    The function takes a batch of inputs as the model does (any batch size)
+    and returns what `model(inputs, training=False)` returns, computed in the
+    model's dtype policy. The weights are copied when this is called: later
+    changes to the model do not reach the function, so call it again after
+    loading or training.
+
+    Args:
+        model: a built Keras model with one input, on the TensorFlow backend.
+
+    Returns:
+        A callable taking a tensor or NumPy array, returning a `tf.Tensor`.
+
+    Example:
+
+    >>> import numpy as np, keras_metaformer
+    >>> from keras_metaformer.export import frozen_function
+    >>> model = keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16),
+    ...     input_shape=(32, 32, 3), classes=3, weights=None)
+    >>> predict = frozen_function(model)  # doctest: +SKIP
+    >>> images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    >>> predict(images).shape  # doctest: +SKIP
+    TensorShape([2, 3])
+    """
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "frozen_function builds a TensorFlow graph and needs the TensorFlow "
+            f"backend; this process runs Keras on {keras.backend.backend()!r}. Set "
+            "KERAS_BACKEND=tensorflow before importing Keras, or load the model's "
+            ".keras file in a process that does."
+        )
+    if not model.built or len(model.inputs or ()) != 1:
+        raise ValueError(
+            "frozen_function needs a built model with exactly one input, like "
+            "the builders' models. Call the model on a batch first, or build it "
+            "with an `input_shape`."
+        )
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    spec = model.inputs[0]
+    signature = tf.TensorSpec((None,) + tuple(spec.shape[1:]), spec.dtype)
+    graph = tf.function(lambda inputs: model(inputs, training=False))
+    frozen = convert_variables_to_constants_v2(graph.get_concrete_function(signature))
+    if len(frozen.outputs) != 1:
+        raise ValueError(f"frozen_function needs a model with one output; this one has {len(frozen.outputs)}.")
+
+    def predict(inputs):
+        return frozen(tf.convert_to_tensor(inputs, signature.dtype))[0]
+
+    return predict
