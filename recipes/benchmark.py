@@ -12,12 +12,17 @@ Result:    a line naming the CPU and its vector units (AVX2, AVX-512, AVX-512
            resident memory (MiB), and each number as a ratio to timm's
            torch.compile (inference) or eager (training) in the same run.
 
-Engines: `tf` (TensorFlow graph), `tf-xla` (jit_compile), `jax` (jax.jit),
-`tflite` (LiteRT, float32 only), `timm` (PyTorch eager) and `timm-compile`
-(torch.compile), PyTorch with channels-last tensors and bfloat16 through
-autocast, Keras through the `mixed_bfloat16` policy. Every engine runs in
-its own process with the same thread count (2), 224x224 inputs, random
-weights, a warm-up, and the median of repeated timings. timm runs when the
+Engines: `tf` (TensorFlow graph), `tf-frozen` (the TensorFlow graph with
+constant weights, `keras_metaformer.export.frozen_function`; inference
+only), `tf-xla` (jit_compile), `jax` (jax.jit), `tflite` (LiteRT, float32
+only), `timm` (PyTorch eager) and `timm-compile` (torch.compile), PyTorch
+with channels-last tensors and bfloat16 through autocast, Keras through the
+`mixed_bfloat16` policy. Every engine runs in its own process with the same
+thread count (2), 224x224 inputs, random weights, a warm-up, and the median
+of repeated timings. Our biases, norm parameters and layer scales are
+random too, as trained ones are: initialised to 0 and 1, they would let
+TensorFlow's graph optimiser drop their adds from a frozen graph, which
+then no longer fuses the GELU into the matrix product before it. timm runs when the
 interpreter given by --torch-python (default: this one) has torch and timm;
 timm's torchvision import is stubbed as in tests/reference.
 
@@ -48,7 +53,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("poolformer_s12", "poolformer_s24", "poolformer_s36", "poolformer_m36", "poolformer_m48",
           "convformer_s18", "caformer_s18")
-ENGINES = ("tf", "tf-xla", "jax", "tflite", "timm", "timm-compile")
+ENGINES = ("tf", "tf-frozen", "tf-xla", "jax", "tflite", "timm", "timm-compile")
+# Engines measured for inference only.
+INFERENCE_ONLY = ("tf-frozen", "tflite")
 PRECISIONS = ("float32", "bfloat16")
 # glibc malloc settings that keep freed memory for reuse: one arena (other
 # arenas fall back to mmap for large blocks), no mmap, no trimming.
@@ -119,6 +126,10 @@ def keras_worker(engine, arch, precision, options):
         keras_metaformer.BUILDERS else keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), weights=None,
                                                                    input_shape=(size, size, 3))
     rng = np.random.default_rng(0)
+    for weight in model.weights:
+        if len(weight.shape) == 1 and "float" in weight.dtype:
+            value = keras.ops.convert_to_numpy(weight)
+            weight.assign(value + rng.normal(0, 0.02, weight.shape).astype(value.dtype))
     images = {b: rng.uniform(0, 255, (b, size, size, 3)).astype("float32") for b in (1, options.batch)}
     if engine == "tflite":
         return tflite_worker(model, images, options)
@@ -134,7 +145,12 @@ def keras_worker(engine, arch, precision, options):
         def infer(x):
             return lambda: forward(state, x).block_until_ready()
     else:
-        forward = tf.function(lambda x: model(x, training=False), jit_compile=engine == "tf-xla")
+        if engine == "tf-frozen":
+            from keras_metaformer.export import frozen_function
+
+            forward = frozen_function(model)
+        else:
+            forward = tf.function(lambda x: model(x, training=False), jit_compile=engine == "tf-xla")
 
         def infer(x):
             x = tf.constant(x)
@@ -144,6 +160,8 @@ def keras_worker(engine, arch, precision, options):
         "latency_ms": 1e3 * timed(infer(images[1]), options.warmup, options.repeats * 4),
         "throughput": options.batch / timed(infer(images[options.batch]), options.warmup, options.repeats),
     }
+    if engine in INFERENCE_ONLY:
+        return result
     labels = np.eye(model.output_shape[-1], dtype="float32")[rng.integers(0, model.output_shape[-1], options.batch)]
     model.compile(keras.optimizers.AdamW(1e-3), keras.losses.CategoricalCrossentropy(),
                   jit_compile=engine != "tf")
