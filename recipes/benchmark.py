@@ -22,9 +22,9 @@ thread count (2), 224x224 inputs, random weights, a warm-up, and the median
 of repeated timings. Our biases, norm parameters and layer scales are
 random too, as trained ones are: initialised to 0 and 1, they would let
 TensorFlow's graph optimiser drop their adds from a frozen graph, which
-then no longer fuses the GELU into the matrix product before it. timm runs when the
-interpreter given by --torch-python (default: this one) has torch and timm;
-timm's torchvision import is stubbed as in tests/reference.
+then no longer fuses the GELU into the matrix product before it. timm runs
+when the interpreter given by --torch-python (default: this one) has torch
+and timm; timm's torchvision import is stubbed as in tests/reference.
 
 With `--device gpu`, JAX, TensorFlow and PyTorch run on the first GPU, and
 the peak-memory column holds the device's peak allocation instead of the

@@ -129,7 +129,6 @@ def test_authors_keys_are_renamed_like_timms_filter(arch):
     assert renamed == {t: a for a, t in mapping.items()}
 
 
-
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a TensorFlow graph")
 @pytest.mark.parametrize("arch", ["poolformer_s12", "poolformerv2_s12", "convformer_s18", "caformer_s18"])
 def test_frozen_function_matches_timm_and_keeps_its_weights(arch, weights_dir):
@@ -164,6 +163,7 @@ def test_frozen_function_explains_that_it_needs_tensorflow():
 
     with pytest.raises(ValueError, match="KERAS_BACKEND=tensorflow"):
         frozen_function(tiny_model("poolformer_s12"))
+
 
 # --- Full-size variants: key and shape lists, parameter counts -------------
 
