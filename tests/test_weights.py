@@ -157,6 +157,16 @@ def test_frozen_function_keeps_the_bfloat16_policy(weights_dir):
     assert not np.allclose(logits, io["logits"], rtol=0, atol=PARITY_ATOL)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a TensorFlow graph")
+def test_frozen_function_refuses_a_model_with_two_outputs():
+    from keras_metaformer.export import frozen_function
+
+    model = tiny_model("poolformer_s12")
+    features = [layer for layer in model.layers if "_block" in layer.name][-1].output
+    with pytest.raises(ValueError, match="1 inputs and 2 outputs"):
+        frozen_function(keras.Model(model.inputs, [model.output, features]))
+
+
 @pytest.mark.skipif(keras.backend.backend() == "tensorflow", reason="the error of other backends")
 def test_frozen_function_explains_that_it_needs_tensorflow():
     from keras_metaformer.export import frozen_function

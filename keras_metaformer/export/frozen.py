@@ -45,11 +45,13 @@ def frozen_function(model):
             "KERAS_BACKEND=tensorflow before importing Keras, or load the model's "
             ".keras file in a process that does."
         )
-    if not model.built or len(model.inputs or ()) != 1:
+    if not model.built or len(model.inputs or ()) != 1 or len(model.outputs or ()) != 1:
         raise ValueError(
-            "frozen_function needs a built model with exactly one input, like "
-            "the builders' models. Call the model on a batch first, or build it "
-            "with an `input_shape`."
+            "frozen_function needs a built model with exactly one input and one "
+            "output, like the builders' models. Received a model with "
+            f"{len(getattr(model, 'inputs', None) or ())} inputs and "
+            f"{len(getattr(model, 'outputs', None) or ())} outputs; build it with an "
+            "`input_shape`, or wrap the output you need in `keras.Model(inputs, output)`."
         )
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
@@ -58,8 +60,6 @@ def frozen_function(model):
     signature = tf.TensorSpec((None,) + tuple(spec.shape[1:]), spec.dtype)
     graph = tf.function(lambda inputs: model(inputs, training=False))
     frozen = convert_variables_to_constants_v2(graph.get_concrete_function(signature))
-    if len(frozen.outputs) != 1:
-        raise ValueError(f"frozen_function needs a model with one output; this one has {len(frozen.outputs)}.")
 
     def predict(inputs):
         return frozen(tf.convert_to_tensor(inputs, signature.dtype))[0]
