@@ -15,6 +15,13 @@ import pytest
 os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="keras_metaformer_tests_")
 atexit.register(shutil.rmtree, os.environ["KERAS_HOME"], ignore_errors=True)
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+# Float32 means float32 on GPUs too. Since Ampere, NVIDIA GPUs round the
+# inputs of float32 matrix products and convolutions to TensorFloat-32's 10
+# mantissa bits unless told otherwise; on an H100 that put JAX's logits 4e-3
+# from timm's, against 1e-4 allowed. Set before any backend is imported, so
+# that the scripts the tests start get it too; no effect on a CPU.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "reference"))

@@ -142,6 +142,7 @@ def test_compiled_mlp_runs_in_blocks_and_matches_numpy(monkeypatch, activation):
     # Blocks of at most 64 hidden values: 16 rows of 4 hidden units. The
     # 2 * 6 * 6 = 72 positions tile into blocks of 12 rows.
     monkeypatch.setattr(mlp_module, "_HIDDEN_BLOCK_SIZE", 64)
+    monkeypatch.setattr(compilation, "_gpu_is_default", lambda: False)  # the CPU path, on any machine
     block_shapes = []
     transform = layers.Mlp._transform
 
@@ -173,7 +174,8 @@ def test_compiled_mlp_runs_in_blocks_and_matches_numpy(monkeypatch, activation):
     np.testing.assert_allclose(whole, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_mlp_chooses_blocks_that_tile_the_positions():
+def test_mlp_chooses_blocks_that_tile_the_positions(monkeypatch):
+    monkeypatch.setattr(compilation, "_gpu_is_default", lambda: False)  # the CPU path, on any machine
     mlp = layers.Mlp(mlp_ratio=4)
     mlp.build((None, 64))  # 256 hidden units: 8192 rows per block at most
     if not JAX:

@@ -205,3 +205,30 @@ def test_benchmark_smoke_prints_a_table_and_draws_a_chart(tmp_path):
     assert (tmp_path / "benchmark.md").read_text().strip() in result.stdout
     assert (tmp_path / "benchmark.md").read_text().startswith("CPU: ")
     assert (tmp_path / "benchmark.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_check_parity_turns_tensorfloat32_off():
+    sys.path.insert(0, os.path.join(REPO, "recipes"))
+    try:
+        import check_parity
+    finally:
+        sys.path.pop(0)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        before = jax.config.jax_default_matmul_precision
+        jax.config.update("jax_default_matmul_precision", None)
+        try:
+            check_parity.use_full_float32()
+            assert jax.config.jax_default_matmul_precision == "highest"
+        finally:
+            jax.config.update("jax_default_matmul_precision", before)
+    else:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(True)
+        try:
+            check_parity.use_full_float32()
+            assert not tf.config.experimental.tensor_float_32_execution_enabled()
+        finally:
+            tf.config.experimental.enable_tensor_float_32_execution(True)
