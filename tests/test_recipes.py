@@ -232,3 +232,33 @@ def test_check_parity_turns_tensorfloat32_off():
             assert not tf.config.experimental.tensor_float_32_execution_enabled()
         finally:
             tf.config.experimental.enable_tensor_float_32_execution(True)
+
+
+def test_benchmark_rounds_alternate_the_order_and_keep_each_engines_best(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, os.path.join(REPO, "recipes"))
+    try:
+        import benchmark
+    finally:
+        sys.path.pop(0)
+    timings = {  # per engine, one result per round
+        "tf": [{"latency_ms": 30.0, "throughput": 40.0, "train_throughput": 10.0, "peak_mib": 900.0},
+               {"latency_ms": 20.0, "throughput": 35.0, "train_throughput": 12.0, "peak_mib": 1000.0}],
+        "tflite": [None, {"latency_ms": 19.0, "throughput": 50.0, "peak_mib": 500.0}],
+    }
+    calls = []
+
+    def measure(engine, arch, precision, options):
+        calls.append(engine)
+        return timings[engine][calls.count(engine) - 1]
+
+    monkeypatch.setattr(benchmark, "measure", measure)
+    benchmark.main(["--models", "m", "--engines", "tf,tflite", "--precisions", "float32", "--rounds", "2",
+                    "--output", str(tmp_path)])
+    assert calls == ["tf", "tflite", "tflite", "tf"]
+    out = capsys.readouterr().out
+    assert "2 threads per engine, best of 2 rounds." in out
+    assert "| m | float32 | tf | 20.0 | 40.0 | 12.0 | 1000 |" in out
+    assert "| m | float32 | tflite | 19.0 | 50.0 |  | 500 |" in out  # a failed round is skipped
+    with pytest.raises(SystemExit):
+        benchmark.main(["--rounds", "0"])
+    assert "--rounds must be at least 1, got 0" in capsys.readouterr().err
