@@ -385,23 +385,23 @@ def main(argv=None):
     if any(e.startswith("timm") for e in engines) and not has_timm(options.torch_python):
         print(f"timm: not run ({options.torch_python} cannot import torch and timm; see --torch-python)")
         engines = [e for e in engines if not e.startswith("timm")]
+    # LiteRT has no bfloat16 kernels, and runs on the CPU.
+    jobs = [(arch, precision, engine) for arch in options.models.split(",")
+            for precision in options.precisions.split(",") for engine in engines
+            if engine != "tflite" or (precision == "float32" and options.device == "cpu")]
     results = {}
+    for arch, precision, engine in jobs:
+        results.setdefault((arch, precision), {})[engine] = None
     for round_index in range(options.rounds):
-        # Every other round runs the engines in reverse order, so that a slow
-        # spell of the host does not fall on the same engines each time.
-        order = engines[::-1] if round_index % 2 else engines
-        for arch in options.models.split(","):
-            for precision in options.precisions.split(","):
-                rows = results.setdefault((arch, precision), {engine: None for engine in engines})
-                for engine in order:
-                    if engine == "tflite" and (precision != "float32" or options.device == "gpu"):
-                        rows.pop(engine, None)
-                        continue  # LiteRT has no bfloat16 kernels, and runs on the CPU
-                    print(f"  round {round_index + 1}/{options.rounds}: {arch} {precision} {engine} ...",
-                          file=sys.stderr, flush=True)
-                    result = measure(engine, arch, precision, options)
-                    print(f"    {result}", file=sys.stderr, flush=True)
-                    rows[engine] = best_of(rows[engine], result)
+        # Every other round runs in reverse order, so that a slow spell of the
+        # host does not fall on the same engines each time.
+        for arch, precision, engine in jobs[::-1] if round_index % 2 else jobs:
+            print(f"  round {round_index + 1}/{options.rounds}: {arch} {precision} {engine} ...",
+                  file=sys.stderr, flush=True)
+            result = measure(engine, arch, precision, options)
+            print(f"    {result}", file=sys.stderr, flush=True)
+            rows = results[(arch, precision)]
+            rows[engine] = best_of(rows[engine], result)
     rounds = f", best of {options.rounds} rounds" if options.rounds > 1 else ""
     markdown = f"{describe_cpu()}; {options.threads} threads per engine{rounds}.\n\n{table(results, options.batch)}"
     print(markdown)
