@@ -45,13 +45,13 @@ def frozen_function(model):
             "KERAS_BACKEND=tensorflow before importing Keras, or load the model's "
             ".keras file in a process that does."
         )
-    if not model.built or len(model.inputs or ()) != 1 or len(model.outputs or ()) != 1:
+    inputs, outputs = (len(getattr(model, name, None) or ()) for name in ("inputs", "outputs"))
+    if not model.built or inputs != 1 or outputs != 1:
         raise ValueError(
             "frozen_function needs a built model with exactly one input and one "
-            "output, like the builders' models. Received a model with "
-            f"{len(getattr(model, 'inputs', None) or ())} inputs and "
-            f"{len(getattr(model, 'outputs', None) or ())} outputs; build it with an "
-            "`input_shape`, or wrap the output you need in `keras.Model(inputs, output)`."
+            f"output, like the builders' models. Received a model with {inputs} inputs "
+            f"and {outputs} outputs; build it with an `input_shape`, or wrap the "
+            "output you need in `keras.Model(inputs, output)`."
         )
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
