@@ -14,7 +14,9 @@ Result:    a line naming the CPU and its vector units (AVX2, AVX-512, AVX-512
 
 Engines: `tf` (TensorFlow graph), `tf-frozen` (the TensorFlow graph with
 constant weights, `keras_metaformer.export.frozen_function`; inference
-only), `tf-xla` (jit_compile), `jax` (jax.jit), `tflite` (LiteRT, float32
+only), `tf-saved-model` (the `serving_default` signature of
+`export_saved_model`'s SavedModel, loaded back: what TF Serving runs, softmax
+included; inference only), `tf-xla` (jit_compile), `jax` (jax.jit), `tflite` (LiteRT, float32
 only), `timm` (PyTorch eager) and `timm-compile` (torch.compile), PyTorch
 with channels-last tensors and bfloat16 through autocast, Keras through the
 `mixed_bfloat16` policy. Every engine runs in its own process with the same
@@ -61,9 +63,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("poolformer_s12", "poolformer_s24", "poolformer_s36", "poolformer_m36", "poolformer_m48",
           "convformer_s18", "caformer_s18")
-ENGINES = ("tf", "tf-frozen", "tf-xla", "jax", "tflite", "timm", "timm-compile")
+ENGINES = ("tf", "tf-frozen", "tf-saved-model", "tf-xla", "jax", "tflite", "timm", "timm-compile")
 # Engines measured for inference only.
-INFERENCE_ONLY = ("tf-frozen", "tflite")
+INFERENCE_ONLY = ("tf-frozen", "tf-saved-model", "tflite")
 PRECISIONS = ("float32", "bfloat16")
 # glibc malloc settings that keep freed memory for reuse: one arena (other
 # arenas fall back to mmap for large blocks), no mmap, no trimming.
@@ -157,6 +159,8 @@ def keras_worker(engine, arch, precision, options):
             from keras_metaformer.export import frozen_function
 
             forward = frozen_function(model)
+        elif engine == "tf-saved-model":
+            forward = saved_model_signature(model)
         else:
             forward = tf.function(lambda x: model(x, training=False), jit_compile=engine == "tf-xla")
 
@@ -184,6 +188,19 @@ def keras_worker(engine, arch, precision, options):
         else:
             result["device_peak_mib"] = tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
     return result
+
+
+def saved_model_signature(model):
+    """`model` exported for TF Serving and loaded back: its `serving_default` signature."""
+    import tempfile
+
+    import tensorflow as tf
+
+    from keras_metaformer.export import export_saved_model
+
+    with tempfile.TemporaryDirectory() as scratch:
+        loaded = tf.saved_model.load(export_saved_model(model, scratch, warmup=False))
+    return lambda x: loaded.signatures["serving_default"](images=x)["probabilities"]
 
 
 def tflite_worker(model, images, options):

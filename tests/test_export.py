@@ -129,10 +129,58 @@ def test_saved_model_cli_shows_what_tf_serving_needs(saved_model):
     assert "Method name is: tensorflow/serving/predict" in signatures["serving_default"]
 
 
-def test_saved_model_stores_each_weight_once(trained, saved_model):
+def _stored_variables(saved_model):
     reader = tf.train.load_checkpoint(os.path.join(saved_model, "variables", "variables"))
-    stored = sum(int(np.prod(shape)) for shape in reader.get_variable_to_shape_map().values())
+    shapes = reader.get_variable_to_shape_map()
+    return sum(int(np.prod(shape)) for name, shape in shapes.items() if name != "_CHECKPOINTABLE_OBJECT_GRAPH")
+
+
+def _stored_float_constants(saved_model):
+    """Elements of the float32 constants in saved_model.pb's graph and its functions."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    with open(os.path.join(saved_model, "saved_model.pb"), "rb") as f:
+        (graph,) = [meta.graph_def for meta in saved_model_pb2.SavedModel.FromString(f.read()).meta_graphs]
+    nodes = [node for function in graph.library.function for node in function.node_def] + list(graph.node)
+    tensors = [node.attr["value"].tensor for node in nodes if node.op == "Const"]
+    return sum(int(np.prod([d.size for d in t.tensor_shape.dim])) for t in tensors if t.dtype == tf.float32)
+
+
+def test_saved_model_stores_each_weight_once_as_a_constant(trained, saved_model):
+    # Both signatures call one frozen graph; the few extra constants are the
+    # normalisation's mean and scale and the like.
+    assert _stored_variables(saved_model) == 0
+    assert trained.count_params() <= _stored_float_constants(saved_model) < 1.01 * trained.count_params() + 64
+
+
+@pytest.fixture(scope="module")
+def saved_model_with_variables(trained, tmp_path_factory):
+    return export.export_saved_model(
+        trained, tmp_path_factory.mktemp("serving") / "digits", class_names=NAMES, config=IDENTITY_TRANSFORM,
+        constant_weights=False,
+    )
+
+
+def test_saved_model_with_variables_stores_each_weight_once_and_matches_keras(
+    trained, saved_model_with_variables, digits
+):
+    stored = _stored_variables(saved_model_with_variables)
     assert trained.count_params() <= stored < 1.01 * trained.count_params() + 16
+    assert _stored_float_constants(saved_model_with_variables) < 64
+    images = digits[1][0][:8]
+    serve = tf.saved_model.load(saved_model_with_variables).signatures["serving_default"]
+    np.testing.assert_allclose(
+        serve(images=tf.constant(images))["probabilities"].numpy(), trained.predict(images, verbose=0), atol=1e-5
+    )
+
+
+def test_constant_weights_too_large_for_one_graph_are_refused(trained, tmp_path, monkeypatch):
+    from keras_metaformer.export import saved_model as module
+
+    monkeypatch.setattr(module, "CONSTANT_WEIGHTS_LIMIT", 4 * trained.count_params() - 1)
+    with pytest.raises(ValueError, match="cannot exceed 2 GiB. Pass `constant_weights=False`"):
+        export.export_saved_model(trained, tmp_path)
+    assert os.listdir(tmp_path) == []
 
 
 def _request_inputs(request):

@@ -194,13 +194,15 @@ def test_benchmark_gives_every_engine_the_same_malloc_settings(monkeypatch, mall
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the benchmark starts its own backends; run once")
 def test_benchmark_smoke_prints_a_table_and_draws_a_chart(tmp_path):
-    result = run_recipe("--smoke", "--engines", "tf,timm", "--precisions", "float32", "--output", tmp_path,
-                        "--torch-python", sys.executable, recipe="benchmark.py")
+    result = run_recipe("--smoke", "--engines", "tf,tf-saved-model,timm", "--precisions", "float32",
+                        "--output", tmp_path, "--torch-python", sys.executable, recipe="benchmark.py")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| tiny |")]
-    assert len(rows) == 1 and rows[0].startswith("| tiny | float32 | tf |"), result.stdout
-    latency, throughput, training = (float(cell.split()[0]) for cell in rows[0].split("|")[4:7])
-    assert latency > 0 and throughput > 0 and training > 0
+    assert [row.split("|")[3].strip() for row in rows] == ["tf", "tf-saved-model"], result.stdout
+    cells = [[cell.strip() for cell in row.split("|")[4:7]] for row in rows]
+    assert all(float(cell.split()[0]) > 0 for cell in cells[0])
+    # The SavedModel is measured for inference only.
+    assert float(cells[1][0]) > 0 and float(cells[1][1]) > 0 and cells[1][2] == ""
     assert "timm: not run" in result.stdout  # no torch in the test environment
     assert (tmp_path / "benchmark.md").read_text().strip() in result.stdout
     assert (tmp_path / "benchmark.md").read_text().startswith("CPU: ")

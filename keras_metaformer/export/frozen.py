@@ -21,6 +21,12 @@ def frozen_function(model):
     changes to the model do not reach the function, so call it again after
     loading or training.
 
+    Freeze trained weights, not a model fresh from its initialisers: with
+    zero biases, TensorFlow's graph optimiser drops the bias adds, and the
+    GELU no longer fuses into the matrix product before it. PoolFormer-S12
+    under `mixed_bfloat16` then ran at 45 img/s at batch 32, against 70 with
+    variables and 76 frozen with nonzero biases.
+
     Args:
         model: a built Keras model with one input, on the TensorFlow backend.
 
@@ -37,6 +43,24 @@ def frozen_function(model):
     >>> images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     >>> predict(images).shape  # doctest: +SKIP
     TensorShape([2, 3])
+    """
+    graph = frozen_graph(model)
+    dtype = graph.inputs[0].dtype
+    import tensorflow as tf
+
+    def predict(inputs):
+        return graph(tf.convert_to_tensor(inputs, dtype))[0]
+
+    return predict
+
+
+def frozen_graph(model):
+    """`model`'s inference as a TensorFlow `ConcreteFunction` with constant weights.
+
+    It takes one tensor, a batch of any size in the model's input dtype, and
+    returns a list holding the output. `frozen_function` and
+    `export_saved_model` build on it; see `frozen_function` for the
+    requirements on `model`.
     """
     if keras.backend.backend() != "tensorflow":
         raise ValueError(
@@ -59,9 +83,4 @@ def frozen_function(model):
     spec = model.inputs[0]
     signature = tf.TensorSpec((None,) + tuple(spec.shape[1:]), spec.dtype)
     graph = tf.function(lambda inputs: model(inputs, training=False))
-    frozen = convert_variables_to_constants_v2(graph.get_concrete_function(signature))
-
-    def predict(inputs):
-        return frozen(tf.convert_to_tensor(inputs, signature.dtype))[0]
-
-    return predict
+    return convert_variables_to_constants_v2(graph.get_concrete_function(signature))

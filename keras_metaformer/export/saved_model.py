@@ -22,6 +22,9 @@ IMAGES = "images"
 IMAGE_BYTES = "image_bytes"
 PROBABILITIES = "probabilities"
 CLASSIFY_OUTPUTS = ("class_ids", "class_names", "scores")
+# saved_model.pb is one protocol buffer, which cannot exceed 2 GiB; constant
+# weights must leave room for the rest of the graph.
+CONSTANT_WEIGHTS_LIMIT = 2**31 - 2**27
 
 
 def export_saved_model(
@@ -35,6 +38,7 @@ def export_saved_model(
     model_name=None,
     warmup=True,
     overwrite=False,
+    constant_weights=True,
 ):
     """Writes `model` as `<directory>/<version>/`, ready for TF Serving.
 
@@ -50,6 +54,13 @@ def export_saved_model(
       the `top_k` `class_ids` (int32), `class_names` (string) and `scores`
       (float32). An undecodable string fails the request with
       InvalidArgument.
+
+    The weights are constants of the graph (`constant_weights=True`), as in
+    `frozen_function`: TensorFlow's oneDNN kernels then repack them once into
+    the blocked layout of their fastest matrix-product kernels, instead of
+    reading them from variables on every request. On a 2-core AVX-512 BF16
+    CPU, PoolFormer-S12's `serving_default` under `mixed_bfloat16` took 16.8
+    instead of 26 ms at batch 1 (float32: 25-29 against 29-31 ms).
 
     It also writes `assets.extra/tf_serving_warmup_requests` (one request per
     signature, so TF Serving compiles both before taking traffic) and, next
@@ -80,6 +91,9 @@ def export_saved_model(
         warmup: whether to write the warm-up requests.
         overwrite: replace an existing version folder. Without it, an
             existing folder is an error.
+        constant_weights: store the weights as graph constants (faster on
+            a CPU; the graph must stay under 2 GiB) rather than as
+            variables.
 
     Returns:
         The path of the version folder.
@@ -93,7 +107,7 @@ def export_saved_model(
     >>> export_saved_model(model, tempfile.mkdtemp(), class_names=["a", "b", "c"])  # doctest: +SKIP
     '/tmp/.../1'
     """
-    spec = _export_spec(model, version, class_names, top_k, config, model_name)
+    spec = _export_spec(model, version, class_names, top_k, config, model_name, constant_weights)
     directory = os.path.abspath(os.fspath(directory))
     target = os.path.join(directory, str(spec["version"]))
     if os.path.exists(target) and not overwrite:
@@ -123,7 +137,7 @@ def export_saved_model(
     return target
 
 
-def _export_spec(model, version, class_names, top_k, config, model_name):
+def _export_spec(model, version, class_names, top_k, config, model_name, constant_weights):
     """Checks the arguments; returns what the TF-side writer needs, as JSON types."""
     if not isinstance(version, (int, np.integer)) or isinstance(version, bool) or version < 1:
         raise ValueError(
@@ -152,6 +166,13 @@ def _export_spec(model, version, class_names, top_k, config, model_name):
     top_k = min(5, classes) if top_k is None else top_k
     if not 1 <= int(top_k) <= classes:
         raise ValueError(f"`top_k` must be between 1 and {classes} (the classes). Received {top_k}.")
+    weight_bytes = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
+    if constant_weights and weight_bytes > CONSTANT_WEIGHTS_LIMIT:
+        raise ValueError(
+            f"This model's weights take {weight_bytes / 2**30:.2f} GiB, too many to store as "
+            f"constants in saved_model.pb, which cannot exceed 2 GiB. Pass "
+            "`constant_weights=False` to store them as variables."
+        )
     config = preprocessing_config(model, config)
     return {
         "version": int(version),
@@ -162,6 +183,7 @@ def _export_spec(model, version, class_names, top_k, config, model_name):
         "interpolation": config.interpolation,
         "from_logits": outputs_logits(model),
         "model_name": model_name or model.name,
+        "constant_weights": bool(constant_weights),
     }
 
 
@@ -200,9 +222,16 @@ def _write(model, path, spec, warmup):
     from keras_metaformer.data.transforms import resize_and_center_crop
 
     size = spec["image_size"]
+    if spec["constant_weights"]:
+        from keras_metaformer.export.frozen import frozen_graph
+
+        graph = frozen_graph(model)
+        forward = lambda images: graph(tf.cast(images, graph.inputs[0].dtype))[0]  # noqa: E731
+    else:
+        forward = lambda images: model(images, training=False)  # noqa: E731
 
     def probabilities(images):
-        outputs = tf.cast(model(images, training=False), tf.float32)
+        outputs = tf.cast(forward(images), tf.float32)
         return tf.nn.softmax(outputs) if spec["from_logits"] else outputs
 
     def decode(encoded):
@@ -222,7 +251,8 @@ def _write(model, path, spec, warmup):
 
     # Not `archive.track(model)`: Keras 3.15 would then save every weight
     # twice (as Keras variables and as the TF variables the endpoints use),
-    # doubling the size. The endpoints track the variables they use.
+    # doubling the size. The endpoints track the variables they use, if any;
+    # both call one frozen graph, stored once.
     archive = keras.export.ExportArchive()
     archive.add_endpoint(SERVING_DEFAULT, serve, [tf.TensorSpec((None, size, size, 3), tf.float32, name=IMAGES)])
     archive.add_endpoint(CLASSIFY, classify, [tf.TensorSpec((None,), tf.string, name=IMAGE_BYTES)])

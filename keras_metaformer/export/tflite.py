@@ -49,7 +49,8 @@ def export_tflite(model, path, quantize="float32", representative_images=None, m
     from keras_metaformer.export.saved_model import export_saved_model
 
     with tempfile.TemporaryDirectory() as scratch:
-        saved_model = export_saved_model(model, scratch, warmup=False, overwrite=True)
+        # The converter turns variables into constants itself.
+        saved_model = export_saved_model(model, scratch, warmup=False, overwrite=True, constant_weights=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=["serving_default"])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         if quantize != "float32":
