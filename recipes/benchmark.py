@@ -14,14 +14,15 @@ Result:    a line naming the CPU and its vector units (AVX2, AVX-512, AVX-512
 
 Engines: `tf` (TensorFlow graph), `tf-frozen` (the TensorFlow graph with
 constant weights, `keras_metaformer.export.frozen_function`; inference
-only), `tf-saved-model` (the `serving_default` signature of
-`export_saved_model`'s SavedModel, loaded back: what TF Serving runs, softmax
-included; inference only), `tf-xla` (jit_compile), `jax` (jax.jit), `tflite` (LiteRT, float32
-only), `timm` (PyTorch eager) and `timm-compile` (torch.compile), PyTorch
-with channels-last tensors and bfloat16 through autocast, Keras through the
-`mixed_bfloat16` policy. Every engine runs in its own process with the same
-thread count (2), 224x224 inputs, random weights, a warm-up, and the median
-of repeated timings. Our biases, norm parameters and layer scales are
+only), `tf-saved-model` (the `serving_default` signature of the SavedModel
+`export_saved_model` writes, loaded back: what TF Serving runs, softmax
+included; inference only), `tf-xla` (jit_compile), `jax` (jax.jit),
+`tflite` (LiteRT, float32 only), `timm` (PyTorch eager) and
+`timm-compile` (torch.compile), PyTorch with channels-last tensors and
+bfloat16 through autocast, Keras through the `mixed_bfloat16` policy.
+Every engine runs in its own process with the same thread count (2),
+224x224 inputs, random weights, a warm-up, and the median of repeated
+timings. Our biases, norm parameters and layer scales are
 random too, as trained ones are: initialised to 0 and 1, they would let
 TensorFlow's graph optimiser drop their adds from a frozen graph, which
 then no longer fuses the GELU into the matrix product before it. timm runs
