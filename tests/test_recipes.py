@@ -1,3 +1,4 @@
+import importlib
 import json
 import os
 import re
@@ -19,6 +20,15 @@ def run_recipe(*args, env=None, recipe="classify.py"):
         [sys.executable, os.path.join(REPO, "recipes", recipe), *args],
         capture_output=True, text=True, env=environment, timeout=600,
     )
+
+
+def import_recipe(name):
+    """Imports recipes/<name>.py, which may import its sibling recipes."""
+    sys.path.insert(0, os.path.join(REPO, "recipes"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
 
 
 def test_classify_offline_uses_random_weights_and_says_so():
@@ -81,11 +91,7 @@ def test_evaluate_imagenet_smoke_reports_top1_and_top5():
 
 
 def test_only_the_chief_writes_to_the_output_folder(tmp_path, monkeypatch):
-    sys.path.insert(0, os.path.join(REPO, "recipes"))
-    try:
-        import training_setup
-    finally:
-        sys.path.pop(0)
+    training_setup = import_recipe("training_setup")
     cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
     expected = {0: tmp_path, 1: tmp_path / "worker-1"}
     for index, folder in expected.items():
@@ -100,11 +106,7 @@ def test_only_the_chief_writes_to_the_output_folder(tmp_path, monkeypatch):
 
 
 def test_only_a_failed_imagenet_download_falls_back_to_random_weights(tmp_path, capsys):
-    sys.path.insert(0, os.path.join(REPO, "recipes"))
-    try:
-        import training_setup
-    finally:
-        sys.path.pop(0)
+    training_setup = import_recipe("training_setup")
     calls = []
 
     def builder(weights, **kwargs):
@@ -128,11 +130,7 @@ def test_check_export_prints_a_row_per_export(tmp_path, capsys):
     model = keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), input_shape=(32, 32, 3), classes=10,
                                         weights=None)
     model.save(tmp_path / "digits.keras")
-    sys.path.insert(0, os.path.join(REPO, "recipes"))
-    try:
-        import check_export
-    finally:
-        sys.path.pop(0)
+    check_export = import_recipe("check_export")
     check_export.main([str(tmp_path / "digits.keras")])
     rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert rows == ["export", "SavedModel", "TFLite float32", "TFLite float16", "TFLite dynamic", "TFLite int8"]
@@ -210,11 +208,7 @@ def test_benchmark_smoke_prints_a_table_and_draws_a_chart(tmp_path):
 
 
 def test_check_parity_turns_tensorfloat32_off():
-    sys.path.insert(0, os.path.join(REPO, "recipes"))
-    try:
-        import check_parity
-    finally:
-        sys.path.pop(0)
+    check_parity = import_recipe("check_parity")
     if keras.backend.backend() == "jax":
         import jax
 
@@ -237,11 +231,7 @@ def test_check_parity_turns_tensorfloat32_off():
 
 
 def test_benchmark_rounds_alternate_the_order_and_keep_each_engines_best(tmp_path, monkeypatch, capsys):
-    sys.path.insert(0, os.path.join(REPO, "recipes"))
-    try:
-        import benchmark
-    finally:
-        sys.path.pop(0)
+    benchmark = load_benchmark()
     timings = {  # per engine, one result per round
         "tf": [{"latency_ms": 30.0, "throughput": 40.0, "train_throughput": 10.0, "peak_mib": 900.0},
                {"latency_ms": 20.0, "throughput": 35.0, "train_throughput": 12.0, "peak_mib": 1000.0}],
