@@ -49,3 +49,15 @@ def test_export_cli_and_distribute_import_no_tensorflow():
     # They import TensorFlow (and PIL, LiteRT) only inside the functions that need it.
     statement = "import keras_metaformer.export, keras_metaformer.cli, keras_metaformer.distribute"
     assert _new_third_party_modules(statement) == "['keras_metaformer']"
+
+
+def test_paths_the_docs_name_exist():
+    # The README and the benchmark record point readers at files by path;
+    # a rename must not leave them pointing at nothing.
+    pattern = re.compile(r"(?<![\w/.])((?:recipes|tests|keras_metaformer|\.ci)/[\w./-]*\w)")
+    for doc in ("README.md", os.path.join("recipes", "BENCHMARKS.md")):
+        with open(os.path.join(REPO, doc)) as f:
+            named = set(pattern.findall(f.read()))
+        assert "recipes/benchmark.py" in named, doc
+        missing = sorted(path for path in named if not os.path.exists(os.path.join(REPO, path)))
+        assert not missing, f"{doc} names files that do not exist: {missing}"
