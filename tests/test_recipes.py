@@ -136,15 +136,6 @@ def test_check_export_prints_a_row_per_export(tmp_path, capsys):
     assert rows == ["export", "SavedModel", "TFLite float32", "TFLite float16", "TFLite dynamic", "TFLite int8"]
 
 
-def load_benchmark():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("benchmark", os.path.join(REPO, "recipes", "benchmark.py"))
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
-    return benchmark
-
-
 @pytest.mark.parametrize(
     "flags, expected",
     [
@@ -159,7 +150,7 @@ def test_benchmark_names_the_cpu_and_its_vector_units(tmp_path, flags, expected)
     stanza = "processor\t: {}\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\nflags\t\t: " + flags + "\n\n"
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(stanza.format(0) + stanza.format(1))
-    assert load_benchmark().describe_cpu(str(cpuinfo)) == f"CPU: AMD EPYC 9R14, 2 logical CPUs; {expected}"
+    assert import_recipe("benchmark").describe_cpu(str(cpuinfo)) == f"CPU: AMD EPYC 9R14, 2 logical CPUs; {expected}"
 
 
 @pytest.mark.parametrize("malloc", ["system", "retain"])
@@ -167,7 +158,7 @@ def test_benchmark_gives_every_engine_the_same_malloc_settings(monkeypatch, mall
     import argparse
     import types
 
-    benchmark = load_benchmark()
+    benchmark = import_recipe("benchmark")
     for name in benchmark.RETAINING_MALLOC:
         monkeypatch.delenv(name, raising=False)
     environments = {}
@@ -231,7 +222,7 @@ def test_check_parity_turns_tensorfloat32_off():
 
 
 def test_benchmark_rounds_alternate_the_order_and_keep_each_engines_best(tmp_path, monkeypatch, capsys):
-    benchmark = load_benchmark()
+    benchmark = import_recipe("benchmark")
     timings = {  # per engine, one result per round
         "tf": [{"latency_ms": 30.0, "throughput": 40.0, "train_throughput": 10.0, "peak_mib": 900.0},
                {"latency_ms": 20.0, "throughput": 35.0, "train_throughput": 12.0, "peak_mib": 1000.0}],
