@@ -20,7 +20,7 @@ def test_grad_cam_matches_finite_differences():
     assert classes.tolist() == [2] and heatmaps.shape == (1, 3, 3)
 
     layer = model.get_layer("stage3_block0")
-    features = keras.ops.convert_to_numpy(keras.Model(model.inputs, layer.output)(images)).astype("float64")
+    features = keras.ops.convert_to_numpy(keras.Model(model.input, layer.output)(images)).astype("float64")
     head_input = keras.Input((3, 3, 32))
     x = head_input
     for later in model.layers[model.layers.index(layer) + 1 :]:
