@@ -55,18 +55,20 @@ def load_model(spec, weights="imagenet", image_size=None):
 
 
 def read_image(path):
-    """An RGB uint8 array from an image file, with a clear error if it is not one."""
+    """An RGB uint8 array from an image file, with a clear error if it is not one.
+
+    The pixels are those the tf.data pipelines decode, in every Pillow mode
+    (16-bit, palette, alpha, CMYK): see `keras_metaformer.preprocessing.pil_to_rgb`.
+    """
+    from keras_metaformer.preprocessing import load_image
+
     try:
-        from PIL import Image
-    except ImportError as error:
-        raise CommandError("reading images needs Pillow: `pip install pillow`.") from error
-    if not os.path.isfile(path):
-        raise CommandError(f"no image file at {path!r}.")
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except Exception as error:  # PIL raises several types for bad files
-        raise CommandError(f"cannot read {path!r} as an image ({type(error).__name__}: {error}).") from error
+        return load_image(path)
+    except FileNotFoundError:
+        raise CommandError(f"no image file at {os.fspath(path)!r}.") from None
+    except ValueError as error:
+        message = str(error)
+        raise CommandError(message[0].lower() + message[1:]) from None
 
 
 def predict(args):

@@ -213,3 +213,98 @@ def test_tfds_imagenet_without_its_files_is_explained(tfds, tmp_path, manual):
 def test_tfds_datasets_without_images_and_labels_are_rejected(tfds, tmp_path):
     with pytest.raises(ValueError, match="not an image-classification dataset"):
         data.from_tfds("imdb_reviews", split="train", training=False, data_dir=str(tmp_path))
+
+
+def _images_in_every_mode(root):
+    """Files in each Pillow mode, and the RGB pixels TensorFlow's decoder gives (NumPy reference)."""
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (12, 16, 4), dtype=np.uint8)
+    grey16 = rng.integers(0, 65536, (12, 16)).astype("uint16")
+    rgb16 = rng.integers(0, 65536, (12, 16, 4)).astype("uint16")
+
+    def grey(values):
+        return np.repeat(values[..., None], 3, axis=-1)
+
+    # CMYK in flat 8x8 blocks at quality 100: every JPEG decoder gives the same inks.
+    inks = np.kron(rng.integers(0, 256, (2, 2, 4), dtype=np.uint8), np.ones((8, 8, 1), "uint8"))
+    c, m, y, k = np.moveaxis(inks.astype("int64"), -1, 0)
+    palette = PIL.Image.fromarray(rgba[..., :3]).convert("P")
+    palette_rgb = np.asarray(palette.convert("RGB"))
+    files = {
+        "grey16.png": (PIL.Image.fromarray(grey16), grey(grey16 >> 8).astype("uint8")),  # libpng's strip_16
+        "palette.png": (palette, palette_rgb),
+        "palette.gif": (palette, palette_rgb),
+        "rgba.png": (PIL.Image.fromarray(rgba), rgba[..., :3]),  # alpha dropped, not composited
+        "grey_alpha.png": (PIL.Image.fromarray(rgba[..., :2].copy(), "LA"), grey(rgba[..., 0])),
+        "one_bit.png": (PIL.Image.fromarray(rgba[..., 0] > 127), grey(np.where(rgba[..., 0] > 127, 255, 0))),
+        "cmyk.jpg": (PIL.Image.fromarray(inks, "CMYK"),
+                     np.stack([(255 - ink) * (255 - k) // 255 for ink in (c, m, y)], -1)),
+    }
+    paths = {}
+    for name, (image, expected) in files.items():
+        options = {"quality": 100, "subsampling": 0} if name.endswith(".jpg") else {}
+        image.save(root / name, **options)
+        paths[name] = (root / name, expected)
+    # A palette with a transparent colour keeps that colour's value, as TensorFlow's channels=3 does.
+    palette.save(root / "palette_transparent.png", transparency=3)
+    paths["palette_transparent.png"] = (root / "palette_transparent.png", palette_rgb)
+    # 16-bit RGB and RGBA PNGs, which Pillow cannot write.
+    for channels in (3, 4):
+        path = root / f"rgb16_{channels}.png"
+        path.write_bytes(tf.io.encode_png(rgb16[..., :channels]).numpy())
+        paths[path.name] = (path, (rgb16[..., :3] >> 8).astype("uint8"))
+    return paths
+
+
+def test_every_pil_mode_reads_as_the_pipeline_decodes(tmp_path):
+    from keras_metaformer.cli import read_image
+    from keras_metaformer.data.sources import _decode_file
+    from keras_metaformer.preprocessing import load_image
+
+    for name, (path, expected) in _images_in_every_mode(tmp_path).items():
+        decoded = np.asarray(_decode_file(str(path)))
+        np.testing.assert_array_equal(decoded, expected, err_msg=f"TensorFlow, {name}")
+        for reader in (read_image, load_image):
+            pixels = reader(str(path))
+            assert pixels.dtype == np.uint8 and pixels.shape == decoded.shape, name
+            np.testing.assert_array_equal(pixels, decoded, err_msg=f"{reader.__module__}, {name}")
+
+
+def test_modes_tensorflow_does_not_read_follow_the_same_rules(tmp_path):
+    from keras_metaformer.preprocessing import load_image
+    from keras_metaformer.preprocessing import pil_to_rgb
+
+    rng = np.random.default_rng(1)
+    wide = rng.integers(0, 65536, (6, 5)).astype("int32")
+    PIL.Image.fromarray(wide, "I").save(tmp_path / "i.tif")  # older Pillow opens 16-bit PNGs as "I"
+    np.testing.assert_array_equal(load_image(tmp_path / "i.tif"), np.repeat((wide >> 8)[..., None], 3, -1))
+    floats = rng.uniform(-10, 300, (6, 5)).astype("float32")
+    PIL.Image.fromarray(floats, "F").save(tmp_path / "f.tif")
+    expected = np.clip(np.round(floats), 0, 255).astype("uint8")
+    np.testing.assert_array_equal(load_image(tmp_path / "f.tif"), np.repeat(expected[..., None], 3, -1))
+    rgba = rng.integers(0, 256, (6, 5, 4), dtype=np.uint8)
+    with_alpha = PIL.Image.fromarray(rgba).convert("PA")
+    np.testing.assert_array_equal(pil_to_rgb(with_alpha), np.asarray(with_alpha.convert("RGBA"))[..., :3])
+
+
+def test_a_corrupt_image_body_is_named_by_the_pipeline(tmp_path):
+    root = _write_folder(tmp_path, {"a": 3, "b": 3})
+    whole = (root / "b" / "1.png").read_bytes()
+    (root / "b" / "1.png").write_bytes(whole[: len(whole) // 2])  # a valid header, half a body
+    for training in (False, True):
+        dataset = data.from_directory(str(root), training=training, image_size=32, batch_size=2, seed=0)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"Cannot decode the image file .*b/1\.png"):
+            _batches(dataset)
+
+
+def test_folder_symlinks_never_count_an_image_twice(tmp_path):
+    root = _write_folder(tmp_path / "data", {"cat": 2, "dog": 3})
+    os.symlink("..", root / "cat" / "loop")  # a loop back to the dataset's root
+    os.symlink(os.path.join("..", "dog"), root / "cat" / "dogs")  # a sibling class
+    os.symlink(os.path.join("..", "dog", "0.jpg"), root / "cat" / "also_a_dog.jpg")
+    elsewhere = _write_folder(tmp_path / "elsewhere", {"more": 2})
+    os.symlink(elsewhere / "more", root / "cat" / "more")  # outside the root: followed, once
+    os.symlink(elsewhere / "more", root / "cat" / "more_again")
+    dataset = data.from_directory(str(root), training=False, image_size=32, batch_size=64, crop_pct=1.0)
+    (_, labels), = _batches(dataset)
+    np.testing.assert_array_equal(labels.argmax(1), [0, 0, 0, 0, 1, 1, 1])  # 2 cats + 2 from elsewhere, 3 dogs

@@ -43,6 +43,7 @@ def build_pipeline(
     shuffle_buffer=None,
     drop_remainder=None,
     skip_errors=False,
+    name_errors=False,
 ):
     """Turns `(raw_image, label)` examples into batches for `model.fit`.
 
@@ -76,13 +77,18 @@ def build_pipeline(
             )
             return image, label
 
-        dataset = tf.data.Dataset.zip(examples, _seed_stream(seed)).map(crop, num_parallel_calls=AUTOTUNE)
+        examples = tf.data.Dataset.zip(examples, _seed_stream(seed))
+        transform, path_of = crop, lambda example, element_seed: example[0]
     else:
 
         def center(raw, label):
             return transforms.resize_and_center_crop(decode(raw), image_size, crop_pct, interpolation), label
 
-        dataset = examples.map(center, num_parallel_calls=AUTOTUNE)
+        transform, path_of = center, lambda raw, label: raw
+    if name_errors:
+        dataset = _map_naming_failures(examples, transform, path_of)
+    else:
+        dataset = examples.map(transform, num_parallel_calls=AUTOTUNE)
     if skip_errors:
         dataset = dataset.ignore_errors(log_warning=True)
     drop_remainder = training if drop_remainder is None else drop_remainder
@@ -97,6 +103,29 @@ def build_pipeline(
     else:
         dataset = dataset.map(lambda images, labels: (images, tf.one_hot(labels, num_classes)))
     return dataset.prefetch(AUTOTUNE)
+
+
+def _map_naming_failures(examples, transform, path_of):
+    """`examples.map(transform)`, where an example that fails names its file.
+
+    A failing op cannot be caught inside a TensorFlow graph, so each example
+    is tried in a dataset of its own with errors ignored; when that comes
+    out empty, an assertion fails with a message naming the file instead.
+    """
+
+    def fail(*example):
+        advice = " (truncated or corrupt). Remove or replace it, or pass on_corrupt='skip' to leave such files out."
+        message = tf.strings.join(["Cannot decode the image file ", path_of(*example), advice])
+        with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+            return tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), output_spec)
+
+    def one(*example):
+        attempt = tf.data.Dataset.from_tensors(example).map(transform).ignore_errors()
+        failure = tf.data.Dataset.from_tensors(example).map(fail)
+        return attempt.concatenate(failure).take(1)
+
+    output_spec = examples.take(0).map(transform).element_spec
+    return examples.interleave(one, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def check_num_classes(model, dataset):

@@ -41,12 +41,12 @@ def _list_images(directory):
         entry.name for entry in os.scandir(directory) if entry.is_dir() and not entry.name.startswith(".")
     )
     paths, labels = [], []
+    seen = set()  # real paths of the folders and files already taken
+    root = os.path.realpath(directory)
     for label, name in enumerate(class_names):
-        for root, _, files in sorted(os.walk(os.path.join(directory, name), followlinks=True)):
-            for file in sorted(files):
-                if file.lower().endswith(IMAGE_EXTENSIONS):
-                    paths.append(os.path.join(root, file))
-                    labels.append(label)
+        for path in _class_images(os.path.join(directory, name), root, seen):
+            paths.append(path)
+            labels.append(label)
     if not paths:
         found = f"sub-folders {class_names[:5]}" if class_names else "no sub-folders"
         raise ValueError(
@@ -54,6 +54,39 @@ def _list_images(directory):
             f"images per class, with extensions {', '.join(IMAGE_EXTENSIONS)}."
         )
     return class_names, paths, labels
+
+
+def _class_images(folder, root, seen):
+    """The image files under `folder`, each real folder and file once.
+
+    Symbolic links are followed where they lead out of the dataset's `root`
+    (a class kept on another disk); one that leads back into it (a loop, or
+    a link to a sibling class) is skipped, since what it points to is
+    counted where it is.
+    """
+    def inside_root(path):
+        real = os.path.realpath(path)
+        return real == root or real.startswith(root + os.sep)
+
+    images = []
+    for current, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(current)
+        if real in seen:  # reached twice through links outside the root
+            folders[:] = []
+            continue
+        seen.add(real)
+        folders[:] = sorted(
+            f for f in folders if not (os.path.islink(os.path.join(current, f)) and inside_root(os.path.join(current, f)))
+        )
+        for file in sorted(files):
+            path = os.path.join(current, file)
+            if not file.lower().endswith(IMAGE_EXTENSIONS) or (os.path.islink(path) and inside_root(path)):
+                continue
+            real = os.path.realpath(path)
+            if real not in seen:
+                seen.add(real)
+                images.append(path)
+    return images
 
 
 def _drop_unreadable(paths, labels, on_corrupt):
@@ -90,13 +123,15 @@ def from_directory(directory, *, training, on_corrupt="raise", **options):
 
     Args:
         directory: folder with one sub-folder per class (nested folders
-            inside a class are included).
+            inside a class are included). Symbolic links that lead outside
+            `directory` are followed; those that lead back into it (a loop,
+            a link to another class) are not, so no image counts twice.
         training: random crops and augmentation, shuffled and with the last
             partial batch dropped; otherwise the evaluation transform.
         on_corrupt: `"raise"` (default) stops with a list of files that are
-            not images; `"skip"` leaves them out with a warning, and also
-            drops files whose contents fail to decode later (truncated
-            JPEGs), which `"raise"` reports as a decoding error.
+            not images, and a file whose contents fail to decode later (a
+            truncated JPEG) stops the iteration with an error naming it;
+            `"skip"` leaves all of them out with a warning.
         **options: see `build_pipeline`.
 
     Example:
@@ -124,6 +159,7 @@ def from_directory(directory, *, training, on_corrupt="raise", **options):
         decode=_decode_file,
         shuffle_buffer=len(paths),
         skip_errors=on_corrupt == "skip",
+        name_errors=on_corrupt == "raise",
         **options,
     )
     return _with_metadata(dataset, class_names)
