@@ -352,3 +352,98 @@ def test_int8_file_takes_uint8_pixels(tflite_files):
     assert detail["dtype"] == np.uint8
     scale, zero_point = detail["quantization"]
     assert abs(scale - 1.0) < 0.01 and zero_point == 0  # pixels map one to one
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), input_shape=(32, 32, 3), classes=3, weights=None)
+
+
+def test_export_under_an_existing_file_fails_before_writing(tiny, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    with pytest.raises(FileExistsError, match="taken is an existing file, but the export writes a folder"):
+        export.export_saved_model(tiny, taken)
+    with pytest.raises(FileExistsError, match="taken is a file, not a folder"):
+        export.export_saved_model(tiny, taken / "serving")
+    with pytest.raises(FileExistsError, match="is an existing folder, but the export writes a file"):
+        export.export_tflite(tiny, tmp_path)
+    with pytest.raises(FileExistsError, match="taken is a file, not a folder"):
+        export.export_tflite(tiny, taken / "m.tflite")
+    assert os.listdir(tmp_path) == ["taken"] and taken.read_text() == "not a folder"
+
+
+def test_a_failed_export_removes_the_folders_it_created(tiny, tmp_path, monkeypatch):
+    from keras_metaformer.export import saved_model as module
+
+    def fail(*args):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(module, "_write", fail)
+    monkeypatch.setattr(module, "_write_in_tensorflow_process", fail)
+    (tmp_path / "kept").mkdir()
+    for base in (tmp_path / "new" / "serving", tmp_path / "kept"):
+        with pytest.raises(RuntimeError, match="disk full"):
+            export.export_saved_model(tiny, base)
+    assert os.listdir(tmp_path) == ["kept"] and os.listdir(tmp_path / "kept") == []
+
+
+def test_int8_calibration_images_of_the_wrong_size_fail_up_front(tiny, tmp_path):
+    wrong = np.zeros((4, 64, 64, 3), "float32")
+    expected = r"shape \(n, 32, 32, 3\)\. Received shape \((4|None), 64, 64, 3\)"
+    for images in (wrong, tf.data.Dataset.from_tensor_slices(wrong).batch(2),
+                   tf.data.Dataset.from_tensor_slices((wrong, np.zeros(4))).batch(2)):
+        with pytest.raises(ValueError, match=expected):
+            export.export_tflite(tiny, tmp_path / "m.tflite", quantize="int8", representative_images=images)
+    assert os.listdir(tmp_path) == []
+
+
+USER_LAYERS = '''
+import keras
+
+
+@keras.saving.register_keras_serializable(package="user_layers_for_export")
+class Scale(keras.layers.Layer):
+    def __init__(self, factor, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, inputs):
+        return inputs * self.factor
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+'''
+
+
+def _model_with(layer):
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, strides=4)(layer(inputs))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x), name="custom")
+
+
+def test_a_model_with_the_users_registered_layers_exports(tmp_path, monkeypatch):
+    # On JAX the export runs in a TensorFlow-backend process, which must import the layer's module.
+    (tmp_path / "user_layers_for_export.py").write_text(USER_LAYERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import user_layers_for_export
+
+    model = _model_with(user_layers_for_export.Scale(0.5))
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    path = export.export_saved_model(model, tmp_path / "serving", warmup=False)
+    served = tf.saved_model.load(path).signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_allclose(served["probabilities"].numpy(), model.predict(images, verbose=0), atol=1e-5)
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="the TensorFlow backend exports in-process")
+def test_a_layer_defined_in_main_is_refused_before_writing(tmp_path):
+    class InMain(keras.layers.Layer):
+        def call(self, inputs):
+            return inputs
+
+    InMain.__module__ = "__main__"
+    refused = r"cannot import .*InMain \(layer 'in_main', defined in __main__\).*importable by name"
+    with pytest.raises(ValueError, match=refused):
+        export.export_saved_model(_model_with(InMain()), tmp_path / "serving")
+    assert os.listdir(tmp_path) == []

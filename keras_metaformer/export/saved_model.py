@@ -70,7 +70,12 @@ def export_saved_model(
     to the version folders, an example `models.config`.
 
     On the JAX backend the model is saved as a `.keras` file and exported by
-    a TensorFlow-backend subprocess from the same weights. Keras' own JAX
+    a TensorFlow-backend subprocess from the same weights. That process
+    imports the module of every layer class that is not Keras' or this
+    package's (with the caller's `sys.path`), so a custom layer must live in
+    a module importable by name and be registered with
+    `@keras.saving.register_keras_serializable()`; a class defined in
+    `__main__` (a script or notebook) is refused before anything is written. Keras' own JAX
     export (jax2tf) wraps the whole network in one `XlaCallModule` op, which
     the TFLite converter cannot lower to builtin ops and which cannot be
     composed with TensorFlow's image decoding for the bytes signature; the
@@ -80,7 +85,9 @@ def export_saved_model(
     Args:
         model: a Keras image classifier taking `[0, 255]` RGB images of a
             static square size (like the builders with `include_top=True`).
-        directory: the model's base path (TF Serving's `base_path`).
+        directory: the model's base path (TF Serving's `base_path`): a
+            folder, new or existing, not a file. A failed export leaves no
+            version folder, and removes the folders it created.
         version: a positive integer, the version folder's name.
         class_names: one name per class. Defaults to the ImageNet-1k names
             for 1,000 classes, else to `"0"`, `"1"`, ...
@@ -112,32 +119,84 @@ def export_saved_model(
     """
     spec = _export_spec(model, version, class_names, top_k, config, model_name, constant_weights)
     directory = os.path.abspath(os.fspath(directory))
+    check_output_path(directory, "folder")
     target = os.path.join(directory, str(spec["version"]))
     if os.path.exists(target) and not overwrite:
         raise FileExistsError(
             f"{target} already exists. TF Serving treats each version folder "
             "as immutable: pass a new `version`, or `overwrite=True` to replace it."
         )
-    os.makedirs(directory, exist_ok=True)
-    # Written beside the target and renamed in one step: TF Serving polls the
-    # base path, and must never load a half-written version.
-    staging = tempfile.mkdtemp(prefix=f".{spec['version']}-", dir=directory)
-    # mkdtemp's mode 0700 would hide the version from a server running as another user.
-    os.chmod(staging, 0o755)
+    modules = [] if keras.backend.backend() == "tensorflow" else _custom_modules(model)
+    created = make_folders(directory)
     try:
-        if keras.backend.backend() == "tensorflow":
-            _write(model, staging, spec, warmup)
-        else:
-            _write_in_tensorflow_process(model, staging, spec, warmup)
-        if os.path.exists(target):
-            shutil.rmtree(target)
-        os.rename(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        # Written beside the target and renamed in one step: TF Serving polls the
+        # base path, and must never load a half-written version.
+        staging = tempfile.mkdtemp(prefix=f".{spec['version']}-", dir=directory)
+        # mkdtemp's mode 0700 would hide the version from a server running as another user.
+        os.chmod(staging, 0o755)
+        try:
+            if keras.backend.backend() == "tensorflow":
+                _write(model, staging, spec, warmup)
+            else:
+                _write_in_tensorflow_process(model, staging, spec, warmup, modules)
+            if os.path.exists(target):
+                shutil.rmtree(target)
+            os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        remove_empty_folders(directory, created)
+        raise
     from keras_metaformer.export.serving import write_models_config
 
     write_models_config(directory, spec["model_name"])
     return target
+
+
+def check_output_path(path, kind):
+    """Raises before anything is written if `path` cannot become a `kind` ("file" or "folder")."""
+    path = os.path.abspath(os.fspath(path))
+    if kind == "folder" and os.path.isfile(path):
+        raise FileExistsError(
+            f"{path} is an existing file, but the export writes a folder there. Pass a folder "
+            "path (new or existing), or move the file away."
+        )
+    if kind == "file" and os.path.isdir(path):
+        raise FileExistsError(
+            f"{path} is an existing folder, but the export writes a file there. Pass a file path "
+            "such as model.tflite."
+        )
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):  # the root always exists
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise FileExistsError(
+            f"Cannot write {path}: {parent} is a file, not a folder. Choose a path under a folder."
+        )
+
+
+def make_folders(directory):
+    """`os.makedirs(directory)`; returns the highest folder it created, or None."""
+    created, parent = None, directory
+    while not os.path.exists(parent):
+        created, parent = parent, os.path.dirname(parent)
+    os.makedirs(directory, exist_ok=True)
+    return created
+
+
+def remove_empty_folders(directory, created):
+    """Undoes `make_folders`: removes the folders it made, from `directory` up to `created`, if empty."""
+    if created is None:
+        return
+    folder = directory
+    while True:
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty (or already gone): keep it and what is above
+            return
+        if folder == created:
+            return
+        folder = os.path.dirname(folder)
 
 
 def _export_spec(model, version, class_names, top_k, config, model_name, constant_weights):
@@ -266,30 +325,75 @@ def _write(model, path, spec, warmup):
         write_warmup_requests(path, spec["model_name"], size)
 
 
-def _write_in_tensorflow_process(model, path, spec, warmup):
+def _custom_modules(model):
+    """The modules the TensorFlow-backend subprocess must import to rebuild `model`.
+
+    Layers of Keras and of this package are known there; any other layer's
+    class is found by importing the module that defines it (which also runs
+    its `register_keras_serializable`). A class defined in `__main__` (a
+    script or a notebook) cannot be imported by another process: fail now,
+    before anything is written.
+    """
+    flatten = getattr(model, "_flatten_layers", None)
+    layers = list(flatten(include_self=True)) if flatten else [model, *model.layers]
+    modules, unreachable = [], []
+    for layer in layers:
+        cls = type(layer)
+        module = cls.__module__
+        if module.split(".")[0] in ("keras", "keras_metaformer") or module in modules:
+            continue
+        loaded = sys.modules.get(module)
+        if module == "__main__" or getattr(loaded, "__spec__", None) is None:
+            unreachable.append(f"{cls.__qualname__} (layer {layer.name!r}, defined in {module})")
+        else:
+            modules.append(module)
+    if unreachable:
+        raise ValueError(
+            "On the JAX backend the export runs in a TensorFlow-backend subprocess, which must "
+            f"import every custom layer class; it cannot import {', '.join(unreachable)}. Move the "
+            "class into a module importable by name (a .py file on sys.path) and register it with "
+            "`@keras.saving.register_keras_serializable()`, or export with KERAS_BACKEND=tensorflow."
+        )
+    return modules
+
+
+def _write_in_tensorflow_process(model, path, spec, warmup, modules=()):
     with tempfile.TemporaryDirectory() as scratch:
         model_file = os.path.join(scratch, "model.keras")
         model.save(model_file)
         spec_file = os.path.join(scratch, "spec.json")
         with open(spec_file, "w") as f:
-            json.dump(dict(spec, warmup=warmup), f)
-        environment = dict(os.environ, KERAS_BACKEND="tensorflow")
+            json.dump(dict(spec, warmup=warmup, modules=list(modules)), f)
+        # The parent's sys.path, so that the subprocess imports the same modules.
+        search_path = os.pathsep.join(os.path.abspath(p or os.curdir) for p in sys.path)
+        environment = dict(os.environ, KERAS_BACKEND="tensorflow", PYTHONPATH=search_path)
         result = subprocess.run(
             [sys.executable, "-m", "keras_metaformer.export.saved_model", model_file, spec_file, path],
-            env=environment, capture_output=True, text=True,
+            env=environment, capture_output=True, text=True, check=False,
         )
     if result.returncode != 0:
+        hint = ""
+        if "Could not locate" in result.stderr or "Unknown layer" in result.stderr:
+            hint = (
+                " A custom layer was unknown there: make the module that defines it importable by name "
+                "and register the class with `@keras.saving.register_keras_serializable()`, or export "
+                "with KERAS_BACKEND=tensorflow."
+            )
         raise RuntimeError(
             "Exporting through the TensorFlow backend failed (the model was saved "
-            f"as .keras and loaded there):\n{result.stderr[-3000:]}"
+            f"as .keras and loaded there).{hint}\n{result.stderr[-3000:]}"
         )
 
 
 def _main(model_file, spec_file, path):
+    import importlib
+
     import keras_metaformer  # noqa: F401  (registers the layers the file refers to)
 
     with open(spec_file) as f:
         spec = json.load(f)
+    for module in spec.pop("modules", []):  # the user's layers, registered on import
+        importlib.import_module(module)
     _write(keras.saving.load_model(model_file, compile=False), path, spec, spec.pop("warmup"))
 
 

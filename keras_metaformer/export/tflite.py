@@ -23,7 +23,8 @@ def export_tflite(model, path, quantize="float32", representative_images=None, m
     Args:
         model: a Keras classifier (see `export_saved_model`); on the JAX
             backend it is converted through a TensorFlow-backend subprocess.
-        path: the `.tflite` file to write.
+        path: the `.tflite` file to write (not an existing folder). A
+            failed export leaves no file, and removes the folders it created.
         quantize: `"float32"` (none), `"float16"` (weights in float16),
             `"dynamic"` (weights in int8, activations float), or `"int8"`
             (weights and activations int8, calibrated on
@@ -31,6 +32,7 @@ def export_tflite(model, path, quantize="float32", representative_images=None, m
         representative_images: for `"int8"`: float `[0, 255]` images
             `(n, size, size, 3)`, or a `tf.data.Dataset` yielding such
             batches (or `(images, labels)`), e.g. from `keras_metaformer.data`.
+            Images of another size are an error, raised before conversion.
         max_calibration_images: how many images calibrate `"int8"`.
 
     Returns:
@@ -44,9 +46,16 @@ def export_tflite(model, path, quantize="float32", representative_images=None, m
             "ranges: a few hundred images like those the model will see, e.g. "
             "`keras_metaformer.data.from_directory(..., training=False)`."
         )
-    import tensorflow as tf
-
+    from keras_metaformer.export.saved_model import check_output_path
     from keras_metaformer.export.saved_model import export_saved_model
+    from keras_metaformer.export.saved_model import make_folders
+    from keras_metaformer.export.saved_model import remove_empty_folders
+
+    path = os.fspath(path)
+    check_output_path(path, "file")
+    if quantize == "int8":
+        _check_calibration_shape(representative_images, tuple(model.input_shape[1:]))
+    import tensorflow as tf
 
     with tempfile.TemporaryDirectory() as scratch:
         # The converter turns variables into constants itself.
@@ -59,19 +68,53 @@ def export_tflite(model, path, quantize="float32", representative_images=None, m
             converter.target_spec.supported_types = [tf.float16]
         elif quantize == "int8":
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.representative_dataset = _calibration(representative_images, max_calibration_images)
+            converter.representative_dataset = _calibration(
+                representative_images, max_calibration_images, tuple(model.input_shape[1:])
+            )
             # Pixels are integers in [0, 255]: uint8 input loses nothing.
             converter.inference_input_type = tf.uint8
         flatbuffer = converter.convert()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    folder = os.path.dirname(os.path.abspath(path))
+    created = make_folders(folder)
     partial = f"{path}.partial"
-    with open(partial, "wb") as f:
-        f.write(flatbuffer)
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as f:
+            f.write(flatbuffer)
+        os.replace(partial, path)
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        remove_empty_folders(folder, created)
+        raise
     return path
 
 
-def _calibration(images, limit):
+def _shape_problem(shape, expected):
+    """Why images of `shape` cannot calibrate a model taking `expected` (H, W, C), or None."""
+    shape = tuple(None if size is None else int(size) for size in shape)
+    if len(shape) != 4 or any(got is not None and got != want for got, want in zip(shape[1:], expected)):
+        return (
+            f"`representative_images` must be a batch of images of the model's input size, shape "
+            f"(n, {', '.join(map(str, expected))}). Received shape {shape}. Resize them first, e.g. "
+            f"`keras_metaformer.data.from_directory(..., training=False, image_size={expected[0]})`."
+        )
+    return None
+
+
+def _images_spec_shape(images):
+    spec = images.element_spec
+    return (spec[0] if isinstance(spec, tuple) else spec).shape
+
+
+def _check_calibration_shape(images, expected):
+    """Fails before any conversion if calibration images have the wrong shape."""
+    shape = _images_spec_shape(images) if hasattr(images, "element_spec") else np.shape(images)
+    problem = _shape_problem(shape, expected)
+    if problem:
+        raise ValueError(problem)
+
+
+def _calibration(images, limit, expected):
     def batches():
         if hasattr(images, "as_numpy_iterator"):
             for batch in images.as_numpy_iterator():
@@ -82,6 +125,9 @@ def _calibration(images, limit):
     def representative_dataset():
         count = 0
         for batch in batches():
+            problem = _shape_problem(np.shape(batch), expected)  # a dataset of dynamic shape
+            if problem:
+                raise ValueError(problem)
             for image in np.asarray(batch, dtype="float32"):
                 if count == limit:
                     return
