@@ -19,6 +19,21 @@ from keras_metaformer.export.saved_model import outputs_logits
 from keras_metaformer.export.saved_model import preprocessing_config
 
 
+# The smallest input the four stride-2 stages take (MetaFormer's MIN_INPUT_SIZE).
+MIN_IMAGE_SIZE = 32
+# Set to show the full traceback of an unexpected error (as --verbose does).
+TRACEBACK_VARIABLE = "KERAS_METAFORMER_TRACEBACK"
+# The extra that installs each optional module.
+EXTRAS = {
+    "tensorflow": "keras-metaformer[tensorflow-cpu]",
+    "ai_edge_litert": "keras-metaformer[export]",
+    "keras_cv": "keras-metaformer[data]",
+    "tensorflow_datasets": "keras-metaformer[data]",
+    "PIL": "pillow",
+    "safetensors": "safetensors",
+}
+
+
 class CommandError(Exception):
     """A user error: printed as `error: ...` with exit status 2, no traceback."""
 
@@ -31,14 +46,15 @@ def _architectures():
 
 def load_model(spec, weights="imagenet", image_size=None):
     """A model from an architecture name (plus weights) or a `.keras` file."""
-    import keras
-
     import keras_metaformer  # noqa: F401  (registers the layers .keras files refer to)
 
     if spec.endswith(".keras"):
-        if not os.path.isfile(spec):
-            raise CommandError(f"no model file at {spec!r}.")
-        return keras.saving.load_model(spec, compile=False)
+        if image_size is not None:
+            raise CommandError(
+                f"--image-size applies to an architecture name; the model file {spec!r} keeps the input "
+                "size it was saved with. Drop --image-size."
+            )
+        return _load_model_file(spec)
     builders = _architectures()
     if spec not in builders:
         raise CommandError(
@@ -52,6 +68,43 @@ def load_model(spec, weights="imagenet", image_size=None):
         raise CommandError(f"could not load the {weights!r} weights of {spec}: {error}") from error
     except ValueError as error:
         raise CommandError(str(error)) from error
+
+
+def _load_model_file(path):
+    import zipfile
+
+    import keras
+
+    if not os.path.isfile(path):
+        raise CommandError(f"no model file at {path!r}.")
+    if not zipfile.is_zipfile(path):
+        raise CommandError(
+            f"{path!r} is not a .keras file (a zip archive written by `model.save`); it may be truncated "
+            "or another format. Save the model again with `model.save('model.keras')`."
+        )
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except ImportError:  # a missing backend or extra: main() names what to install
+        raise
+    except Exception as error:  # Keras raises many types for broken archives and unknown layers
+        raise CommandError(
+            f"cannot load the model in {path!r} ({type(error).__name__}: {_one_line(error)}). Expected a file "
+            "written by `model.save('model.keras')`, whose custom layers are registered with "
+            "`keras.saving.register_keras_serializable`."
+        ) from error
+
+
+def _one_line(error):
+    """An error's message on one line, for the one `error:` line a failure prints."""
+    return " ".join(str(error).split())
+
+
+def _check_range(option, value, low, high=None, why=""):
+    """A CommandError unless low <= value (<= high)."""
+    if value is None or (value >= low and (high is None or value <= high)):
+        return
+    expected = f"between {low} and {high}" if high is not None else f"at least {low}"
+    raise CommandError(f"{option} must be {expected}{why}. Received: {option} {value}.")
 
 
 def read_image(path):
@@ -71,14 +124,42 @@ def read_image(path):
         raise CommandError(message[0].lower() + message[1:]) from None
 
 
+def _classes(model, spec):
+    """The class count of a classifier; a CommandError for a backbone."""
+    shape = model.output_shape
+    problem = None
+    if not isinstance(shape, tuple) or len(shape) != 2:
+        problem = f"it outputs {shape}, not (batch, classes)"
+    else:
+        try:
+            outputs_logits(model)
+        except ValueError:
+            problem = f"its last layer {model.layers[-1].name!r} is not a Dense layer with a softmax or no activation"
+    if problem:
+        raise CommandError(
+            f"predict needs a classifier, but {spec!r} is not one: {problem}. Give a model built with "
+            "include_top=True, or one that ends in a Dense layer over the classes."
+        )
+    inputs = model.input_shape
+    if not isinstance(inputs, tuple) or len(inputs) != 4 or inputs[1] is None or inputs[1] != inputs[2]:
+        raise CommandError(
+            f"predict needs a model taking square RGB images of a fixed size, (batch, size, size, 3); "
+            f"{spec!r} takes {inputs}. Build it with e.g. input_shape=(224, 224, 3)."
+        )
+    return shape[1]
+
+
 def predict(args):
     import dataclasses
 
     from keras_metaformer.imagenet import imagenet_classes
     from keras_metaformer.preprocessing import resize_and_center_crop
 
+    _check_range("--top", args.top, 1)
     images = [read_image(path) for path in args.images]  # fail before the model loads
     model = load_model(args.model, args.weights)
+    classes = _classes(model, args.model)
+    _check_range("--top", args.top, 1, classes, f" (the model has {classes} classes)")
     size = model.input_shape[1]
     config = dataclasses.replace(preprocessing_config(model), input_size=(size, size))
     batch = np.stack([np.asarray(resize_and_center_crop(image, config)) for image in images])
@@ -96,7 +177,14 @@ def predict(args):
 
 def export_command(args):
     from keras_metaformer import export
+    from keras_metaformer.export.saved_model import check_output_path
 
+    _check_range("--image-size", args.image_size, MIN_IMAGE_SIZE)
+    _check_range("--version", args.version, 1)
+    try:  # before a model is built or downloaded
+        check_output_path(args.output, "file" if args.format == "tflite" else "folder")
+    except (ValueError, FileExistsError) as error:
+        raise CommandError(str(error)) from None
     model = load_model(args.model, args.weights, args.image_size)
     class_names = None
     if args.class_names:
@@ -150,6 +238,7 @@ def info(args):
     from keras_metaformer.macs import count_macs
     from keras_metaformer.weights import available_weights
 
+    _check_range("--image-size", args.image_size, MIN_IMAGE_SIZE)
     model = load_model(args.model, "none", args.image_size)
     size = model.input_shape[1]
     config = preprocessing_config(model)
@@ -168,6 +257,8 @@ def build_parser():
         prog="keras-metaformer", description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 1)[1],
     )
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"show the traceback of an unexpected error (or set {TRACEBACK_VARIABLE}=1)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def model_arguments(command, weights=True):
@@ -212,9 +303,29 @@ def main(argv=None):
     try:
         args.run(args)
     except CommandError as error:
-        print(f"keras-metaformer {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        message = str(error)
+    except ImportError as error:
+        message = _missing_extra(error)
+    except Exception as error:  # anything else: one line, unless a traceback is asked for
+        if args.verbose or os.environ.get(TRACEBACK_VARIABLE):
+            raise
+        message = (f"{type(error).__name__}: {_one_line(error)} (run with --verbose, or set "
+                   f"{TRACEBACK_VARIABLE}=1, for the traceback)")
+    else:
+        return 0
+    print(f"keras-metaformer {args.command}: error: {_one_line(message)}", file=sys.stderr)
+    return 2
+
+
+def _missing_extra(error):
+    """What to install for an ImportError of an optional dependency."""
+    module = (error.name or "").split(".")[0]
+    if "pip install" in str(error):  # our own messages already say it
+        return _one_line(error)
+    if module in EXTRAS:
+        return (f"this command needs the {module!r} module, which is not installed: "
+                f"`pip install \"{EXTRAS[module]}\"`.")
+    return f"ImportError: {_one_line(error)}"
 
 
 if __name__ == "__main__":

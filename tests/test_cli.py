@@ -145,3 +145,105 @@ def test_export_writes_a_saved_model_and_a_tflite_file(capsys, imagenet_model_fi
 
         scores = run_tflite(tmp_path / "m.tflite", np.zeros((1, 32, 32, 3), "float32"))
         assert scores.argmax() == logits.argmax()
+
+
+def _one_error_line(code, err, command):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"keras-metaformer {command}: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--top", "0"], "--top must be at least 1. Received: --top 0."),
+    (["--top", "1001"], "--top must be between 1 and 1000 (the model has 1000 classes). Received: --top 1001."),
+])
+def test_predict_checks_top_against_the_classes(capsys, imagenet_model_file, photo, argv, message):
+    code, _, err = run(capsys, "predict", photo, "--model", imagenet_model_file[0], *argv)
+    assert message in _one_error_line(code, err, "predict")
+
+
+@pytest.mark.parametrize("command", ["info", "export"])
+def test_image_size_below_32_is_refused(capsys, tmp_path, command):
+    extra = [tmp_path / "out", "--format", "saved_model"] if command == "export" else []
+    code, _, err = run(capsys, command, "poolformer_s12", *extra, "--image-size", 16)
+    assert "--image-size must be at least 32. Received: --image-size 16." in _one_error_line(code, err, command)
+    assert os.listdir(tmp_path) == []
+
+
+def test_broken_model_files_are_one_error_line(capsys, photo, tmp_path):
+    import zipfile
+
+    noise = tmp_path / "noise.keras"
+    noise.write_bytes(np.random.default_rng(0).bytes(200))
+    code, _, err = run(capsys, "predict", photo, "--model", noise)
+    assert "is not a .keras file (a zip archive written by `model.save`)" in _one_error_line(code, err, "predict")
+    empty_zip = tmp_path / "no_config.keras"
+    with zipfile.ZipFile(empty_zip, "w") as archive:
+        archive.writestr("notes.txt", "no config.json here")
+    code, _, err = run(capsys, "info", empty_zip)
+    line = _one_error_line(code, err, "info")
+    assert "cannot load the model in" in line and "config.json" in line and "model.save('model.keras')" in line
+
+
+@pytest.mark.parametrize("pooling", [None, "avg"])
+def test_predict_with_a_backbone_explains_it_needs_a_classifier(capsys, photo, tmp_path, pooling):
+    backbone = keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), input_shape=(32, 32, 3), include_top=False,
+                                           pooling=pooling, weights=None)
+    backbone.save(tmp_path / "backbone.keras")
+    code, _, err = run(capsys, "predict", photo, "--model", tmp_path / "backbone.keras")
+    line = _one_error_line(code, err, "predict")
+    assert "predict needs a classifier" in line and "include_top=True" in line
+
+
+def test_a_missing_optional_module_names_the_install(capsys, imagenet_model_file, tmp_path, monkeypatch):
+    load_model = cli.load_model
+
+    def load_then_lose_tensorflow(*args):
+        model = load_model(*args)  # the TensorFlow backend needs it to load
+        monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` now raises ImportError
+        return model
+
+    monkeypatch.setattr(cli, "load_model", load_then_lose_tensorflow)
+    code, _, err = run(capsys, "export", imagenet_model_file[0], tmp_path / "m.tflite", "--format", "tflite")
+    line = _one_error_line(code, err, "export")
+    assert "needs the 'tensorflow' module" in line and 'pip install "keras-metaformer[tensorflow-cpu]"' in line
+    assert os.listdir(tmp_path) == []
+
+
+def test_unexpected_errors_are_one_line_unless_verbose(capsys, monkeypatch):
+    import keras_metaformer.macs
+
+    def broken(model):
+        raise RuntimeError("counting\nfailed")
+
+    monkeypatch.setattr(keras_metaformer.macs, "count_macs", broken)
+    code, _, err = run(capsys, "info", "poolformer_s12")
+    line = _one_error_line(code, err, "info")
+    assert "RuntimeError: counting failed (run with --verbose" in line
+    with pytest.raises(RuntimeError, match="counting"):
+        cli.main(["--verbose", "info", "poolformer_s12"])
+    monkeypatch.setenv(cli.TRACEBACK_VARIABLE, "1")
+    with pytest.raises(RuntimeError, match="counting"):
+        cli.main(["info", "poolformer_s12"])
+
+
+def test_export_failures_leave_no_output(capsys, imagenet_model_file, tmp_path, monkeypatch):
+    path, _ = imagenet_model_file
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    code, _, err = run(capsys, "export", path, taken, "--format", "saved_model")
+    assert "is an existing file" in _one_error_line(code, err, "export")
+    code, _, err = run(capsys, "export", path, tmp_path / "new", "--format", "saved_model", "--version", 0)
+    assert "--version must be at least 1" in _one_error_line(code, err, "export")
+    from keras_metaformer.export import saved_model
+
+    def fail(*args):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(saved_model, "_write", fail)
+    monkeypatch.setattr(saved_model, "_write_in_tensorflow_process", fail)
+    code, _, err = run(capsys, "export", path, tmp_path / "new" / "serving", "--format", "saved_model")
+    assert "RuntimeError: disk full" in _one_error_line(code, err, "export")
+    assert os.listdir(tmp_path) == ["taken"]
