@@ -29,6 +29,7 @@ from keras_metaformer.layers import PoolMixer
 from keras_metaformer.layers import RandomMixer
 from keras_metaformer.layers import SepConvMixer
 from keras_metaformer.layers import StarReLU
+from keras_metaformer.layers import ToRGB
 from keras_metaformer.models import BUILDERS
 from keras_metaformer.models import MetaFormer
 from keras_metaformer.models import pyramid_outputs
@@ -114,6 +115,7 @@ __all__ = [
     "RandomMixer",
     "SepConvMixer",
     "StarReLU",
+    "ToRGB",
     "available_weights",
     "count_macs",
     "decode_predictions",

@@ -21,6 +21,7 @@ from keras_metaformer.layers.patch_embedding import PatchEmbedding
 from keras_metaformer.layers.pool_mixer import PoolMixer
 from keras_metaformer.layers.random_mixer import RandomMixer
 from keras_metaformer.layers.sepconv_mixer import SepConvMixer
+from keras_metaformer.layers.to_rgb import ToRGB
 from keras_metaformer.layers.token_mixers import get_token_mixer
 from keras_metaformer.layers.token_mixers import register_token_mixer
 from keras_metaformer.layers.token_mixers import token_mixer_names
@@ -45,6 +46,7 @@ __all__ = [
     "Scale",
     "SepConvMixer",
     "StarReLU",
+    "ToRGB",
     "exact_gelu",
     "get_norm",
     "get_token_mixer",

@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from keras_metaformer.arguments import check_finite
 from keras_metaformer.layers.compilation import compiled_by_xla
 
 
@@ -65,8 +66,8 @@ class StarReLU(keras.layers.Layer):
 
     def __init__(self, scale_init_value=1.0, bias_init_value=0.0, **kwargs):
         super().__init__(**kwargs)
-        self.scale_init_value = scale_init_value
-        self.bias_init_value = bias_init_value
+        self.scale_init_value = check_finite("scale_init_value", scale_init_value)
+        self.bias_init_value = check_finite("bias_init_value", bias_init_value)
 
     def build(self, input_shape):
         self.scale = self.add_weight(
@@ -105,9 +106,47 @@ def serialize_activation(activation):
     return keras.activations.serialize(activation)
 
 
+def _keras_activation_names():
+    hidden = ("get", "serialize", "deserialize")
+    return [name for name in dir(keras.activations) if not name.startswith("_") and name not in hidden]
+
+
+def check_activation(activation, argument="activation"):
+    """Returns `activation` if Keras (or this package) knows it, else raises
+    an error that lists the names it accepts.
+
+    `None`, callables and serialized configs (dicts) pass through; strings
+    must be `"star_relu"` or a name `keras.activations.get` resolves.
+
+    Example:
+
+    >>> check_activation("gleu")
+    Traceback (most recent call last):
+    ...
+    ValueError: Unknown activation 'gleu'. Expected 'star_relu', one of Keras' activations (celu, elu, ...
+    """
+    if activation is None or callable(activation) or isinstance(activation, dict) or activation == "star_relu":
+        return activation
+    if not isinstance(activation, str):
+        raise TypeError(
+            f"`{argument}` must be an activation name, a callable or None. "
+            f"Received: {argument}={activation!r} ({type(activation).__name__})"
+        )
+    try:
+        keras.activations.get(activation)
+    except ValueError:
+        raise ValueError(
+            f"Unknown {argument} {activation!r}. Expected 'star_relu', one of Keras' activations "
+            f"({', '.join(_keras_activation_names())}), a callable, or the name of a function "
+            "registered with `keras.saving.register_keras_serializable`. 'gelu' is the exact (erf) GELU."
+        ) from None
+    return activation
+
+
 def get_activation_layer(activation, name, dtype=None):
     """A layer for `activation`: `StarReLU` for `"star_relu"` (it has
     weights), else a plain `Activation` layer; `"gelu"` is `exact_gelu`."""
+    check_activation(activation)
     if activation == "star_relu":
         return StarReLU(name=name, dtype=dtype)
     if activation == "gelu":

@@ -1,6 +1,8 @@
 import keras
 from keras import ops
 
+from keras_metaformer.arguments import check_int
+
 from keras_metaformer.layers.token_mixers import register_token_mixer
 
 
@@ -33,7 +35,7 @@ class AttentionMixer(keras.layers.Layer):
 
     def __init__(self, head_dim=32, use_bias=False, **kwargs):
         super().__init__(**kwargs)
-        self.head_dim = head_dim
+        self.head_dim = check_int("head_dim", head_dim)
         self.use_bias = use_bias
 
     def build(self, input_shape):

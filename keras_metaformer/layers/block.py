@@ -1,5 +1,8 @@
 import keras
 
+from keras_metaformer.arguments import check_optional_float
+from keras_metaformer.arguments import check_positive
+from keras_metaformer.arguments import check_rate
 from keras_metaformer.layers.activations import serialize_activation
 from keras_metaformer.layers.drop_path import DropPath
 from keras_metaformer.layers.layer_scale import LayerScale
@@ -33,6 +36,9 @@ class MetaFormerBlock(keras.layers.Layer):
     Args:
         token_mixer: a registered mixer name, or a Keras layer instance
             owned by this block (do not share one instance between blocks).
+            An instance with the global dtype policy (made without a
+            `dtype`) takes the block's policy; one with another policy, or
+            with weights in another policy, is refused.
             A mixer whose output channels scale with its input channels
             (linear, channel by channel) may set the class attribute
             `commutes_with_channel_scale = True`: the block then folds
@@ -86,22 +92,22 @@ class MetaFormerBlock(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.pool_size = pool_size
-        self.mlp_ratio = mlp_ratio
+        self.mlp_ratio = check_positive("mlp_ratio", mlp_ratio)
         self.activation = activation
         self.norm = norm
-        self.norm_epsilon = norm_epsilon
+        self.norm_epsilon = check_positive("norm_epsilon", norm_epsilon)
         self.norm_use_bias = norm_use_bias
         self.use_bias = use_bias
-        self.layer_scale_init_value = layer_scale_init_value
-        self.res_scale_init_value = res_scale_init_value
-        self.drop_path_rate = drop_path_rate
+        self.layer_scale_init_value = check_optional_float("layer_scale_init_value", layer_scale_init_value)
+        self.res_scale_init_value = check_optional_float("res_scale_init_value", res_scale_init_value)
+        self.drop_path_rate = check_rate("drop_path_rate", drop_path_rate)
         self.seed = seed
 
         policy = self.dtype_policy
         if isinstance(token_mixer, keras.layers.Layer):
             if pool_size is not None:
                 raise ValueError(_POOL_SIZE_ERROR.format(token_mixer))
-            self.token_mixer = token_mixer
+            self.token_mixer = _adopt_dtype_policy(token_mixer, policy, self.name)
         else:
             options = {}
             if pool_size is not None:
@@ -219,6 +225,28 @@ class MetaFormerBlock(keras.layers.Layer):
             }
         )
         return config
+
+
+def _adopt_dtype_policy(mixer, policy, block_name):
+    """Gives a mixer instance the block's dtype policy, so that per-layer
+    mixed precision (`MetaFormerBlock(..., dtype="mixed_float16")`) reaches
+    it. Only an unbuilt mixer that was made with the global default policy
+    changes: a policy the user chose for it is kept, or refused if it
+    differs from the block's."""
+    if mixer.dtype_policy.name == policy.name:
+        return mixer
+    # A stateless mixer is built from the start; one with weights has them in its policy's dtype.
+    if mixer.weights or mixer.dtype_policy.name != keras.config.dtype_policy().name:
+        raise ValueError(
+            f"The token mixer {mixer.name!r} has dtype policy {mixer.dtype_policy.name!r}, but block "
+            f"{block_name!r} has {policy.name!r}. Create the mixer without a `dtype` (the block then gives "
+            f"it its own) or with dtype={policy.name!r}, and hand it to the block before it is built."
+        )
+    # The mixer's own sublayers (made in its `__init__`, still unbuilt) create
+    # their variables from their policy when built, so they change too.
+    for layer in mixer._flatten_layers(include_self=True):
+        layer.dtype_policy = policy
+    return mixer
 
 
 _POOL_SIZE_ERROR = (

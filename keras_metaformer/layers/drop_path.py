@@ -1,6 +1,8 @@
 import keras
 from keras import ops
 
+from keras_metaformer.arguments import check_rate
+
 
 @keras.saving.register_keras_serializable(package="keras_metaformer")
 class DropPath(keras.layers.Layer):
@@ -31,17 +33,13 @@ class DropPath(keras.layers.Layer):
 
     def __init__(self, rate=0.0, seed=None, **kwargs):
         super().__init__(**kwargs)
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(
-                "`rate` is the probability of dropping a sample's branch and "
-                f"must be in [0, 1). Received: rate={rate}"
-            )
-        self.rate = rate
+        self.rate = check_rate("rate", rate)
         self.seed = seed
         if rate > 0:
             self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = True
-        self.built = True
+        # No weights: built now, unless a subclass defines its own `build`.
+        self._build_at_init()
 
     def call(self, inputs, training=False):
         if not training or self.rate == 0:

@@ -27,7 +27,8 @@ class IdentityMixer(keras.layers.Layer):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.built = True
+        # Stateless: built now, unless a subclass defines its own `build`.
+        self._build_at_init()
 
     def call(self, inputs):
         return inputs

@@ -1,6 +1,8 @@
 import keras
 from keras import ops
 
+from keras_metaformer.arguments import check_finite
+
 from keras_metaformer.layers.positions import as_rows
 from keras_metaformer.layers.positions import positions_shape
 
@@ -32,7 +34,7 @@ class LayerScale(keras.layers.Layer):
 
     def __init__(self, init_value=1e-5, **kwargs):
         super().__init__(**kwargs)
-        self.init_value = init_value
+        self.init_value = check_finite("init_value", init_value)
 
     def build(self, input_shape):
         self.scale = self.add_weight(

@@ -1,6 +1,7 @@
 import keras
 from keras import ops
 
+from keras_metaformer.arguments import check_positive
 from keras_metaformer.layers.activations import get_activation_layer
 from keras_metaformer.layers.activations import serialize_activation
 from keras_metaformer.layers.compilation import compiled_by_xla_for_cpu
@@ -39,7 +40,7 @@ class Mlp(keras.layers.Layer):
 
     def __init__(self, mlp_ratio=4.0, activation="gelu", use_bias=True, **kwargs):
         super().__init__(**kwargs)
-        self.mlp_ratio = mlp_ratio
+        self.mlp_ratio = check_positive("mlp_ratio", mlp_ratio)
         self.activation = activation
         self.use_bias = use_bias
         self.act = get_activation_layer(activation, "act", dtype=self.dtype_policy)

@@ -1,5 +1,8 @@
 import keras
 
+from keras_metaformer.arguments import check_int
+from keras_metaformer.arguments import check_positive
+from keras_metaformer.layers.activations import check_activation
 from keras_metaformer.layers.activations import squared_relu
 
 
@@ -30,10 +33,10 @@ class MlpHead(keras.layers.Layer):
 
     def __init__(self, classes, mlp_ratio=4.0, norm_epsilon=1e-6, activation=None, **kwargs):
         super().__init__(**kwargs)
-        self.classes = classes
-        self.mlp_ratio = mlp_ratio
-        self.norm_epsilon = norm_epsilon
-        self.activation = keras.activations.get(activation)
+        self.classes = check_int("classes", classes)
+        self.mlp_ratio = check_positive("mlp_ratio", mlp_ratio)
+        self.norm_epsilon = check_positive("norm_epsilon", norm_epsilon)
+        self.activation = keras.activations.get(check_activation(activation))
         self.norm = keras.layers.LayerNormalization(
             epsilon=norm_epsilon, dtype=self.dtype_policy, name="norm"
         )

@@ -1,6 +1,9 @@
 import keras
 from keras import ops
 
+from keras_metaformer.arguments import check_int
+from keras_metaformer.arguments import check_positive
+
 from keras_metaformer.layers.compilation import compiled_by_jax_for_cpu
 from keras_metaformer.layers.strided_conv import strided_conv2d
 
@@ -56,13 +59,13 @@ class PatchEmbedding(keras.layers.Layer):
                 "`norm` must be None, 'pre' (before the convolution) or "
                 f"'post' (after it). Received: norm={norm!r}"
             )
-        self.filters = filters
-        self.kernel_size = kernel_size
-        self.strides = strides
-        self.padding = padding
+        self.filters = check_int("filters", filters)
+        self.kernel_size = check_int("kernel_size", kernel_size)
+        self.strides = check_int("strides", strides)
+        self.padding = check_int("padding", padding, minimum=0)
         self.use_bias = use_bias
         self.norm = norm
-        self.norm_epsilon = norm_epsilon
+        self.norm_epsilon = check_positive("norm_epsilon", norm_epsilon)
         self.norm_layer = None
         if norm is not None:
             self.norm_layer = keras.layers.LayerNormalization(

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_metaformer.arguments import check_int
 from keras_metaformer.layers.compilation import compiled_by_xla
 from keras_metaformer.layers.token_mixers import register_token_mixer
 
@@ -44,14 +45,22 @@ class PoolMixer(keras.layers.Layer):
 
     def __init__(self, pool_size=3, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(pool_size, int) or pool_size < 1 or pool_size % 2 == 0:
-            raise ValueError(
-                "`pool_size` must be a positive odd integer so that the "
-                "window is centred on each position (the paper uses 3; 5, 7 "
-                f"and 9 were ablated). Received: pool_size={pool_size!r}"
-            )
+        message = (
+            "`pool_size` must be a positive odd integer so that the window is "
+            "centred on each position (the paper uses 3; 5, 7 and 9 were "
+            f"ablated). Received: pool_size={pool_size!r}"
+        )
+        try:
+            pool_size = check_int("pool_size", pool_size)
+        except TypeError:
+            raise TypeError(message) from None
+        except ValueError:
+            raise ValueError(message) from None
+        if pool_size % 2 == 0:
+            raise ValueError(message)
         self.pool_size = pool_size
-        self.built = True
+        # Stateless: built now, unless a subclass defines its own `build`.
+        self._build_at_init()
 
     def call(self, inputs):
         height, width = inputs.shape[1], inputs.shape[2]

@@ -1,6 +1,8 @@
 import keras
 from keras import ops
 
+from keras_metaformer.arguments import check_int
+
 from keras_metaformer.layers.token_mixers import register_token_mixer
 
 
@@ -41,7 +43,7 @@ class RandomMixer(keras.layers.Layer):
 
     def __init__(self, num_tokens=None, seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.num_tokens = num_tokens
+        self.num_tokens = None if num_tokens is None else check_int("num_tokens", num_tokens)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 

@@ -1,6 +1,8 @@
 import keras
 from keras import ops
 
+from keras_metaformer.arguments import check_int
+from keras_metaformer.arguments import check_positive
 from keras_metaformer.layers.activations import StarReLU
 from keras_metaformer.layers.compilation import compiled_by_xla_for_cpu
 from keras_metaformer.layers.depthwise import depthwise_conv2d_same
@@ -45,12 +47,13 @@ class SepConvMixer(keras.layers.Layer):
 
     def __init__(self, expansion_ratio=2.0, kernel_size=7, use_bias=False, **kwargs):
         super().__init__(**kwargs)
+        kernel_size = check_int("kernel_size", kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(
                 "`kernel_size` must be odd so that the padding is symmetric. "
                 f"Received: kernel_size={kernel_size}"
             )
-        self.expansion_ratio = expansion_ratio
+        self.expansion_ratio = check_positive("expansion_ratio", expansion_ratio)
         self.kernel_size = kernel_size
         self.use_bias = use_bias
         self.act1 = StarReLU(name="act1", dtype=self.dtype_policy)

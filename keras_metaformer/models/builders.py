@@ -25,8 +25,10 @@ Args:
     include_top: whether to include the classification head (global average
         pooling, LayerNorm, classifier).
     include_preprocessing: whether the model normalises `[0, 255]` input with
-        the ImageNet mean and standard deviation. If `False`, it takes
-        already normalised input.
+        the ImageNet mean and standard deviation. It then also takes grey
+        (1 channel) and RGBA (4 channels) images: grey is repeated into
+        RGB and alpha dropped, so pretrained weights apply. If `False`, it
+        takes already normalised input.
     weights: `None` (random initialisation), `"imagenet"` (the default tag),
         a weight tag ({tags}), or the path of a weights file: a timm
         `.safetensors` file, an `.npz` archive of its tensors, or a Keras

@@ -3,9 +3,18 @@
 import keras
 import numpy as np
 
+from keras_metaformer.arguments import check_int
+from keras_metaformer.arguments import check_int_sequence
+from keras_metaformer.arguments import check_optional_float
+from keras_metaformer.arguments import check_positive
+from keras_metaformer.arguments import check_rate
+from keras_metaformer.layers import NORMS
 from keras_metaformer.layers import MetaFormerBlock
 from keras_metaformer.layers import MlpHead
 from keras_metaformer.layers import PatchEmbedding
+from keras_metaformer.layers import ToRGB
+from keras_metaformer.layers import token_mixer_names
+from keras_metaformer.layers.activations import check_activation
 from keras_metaformer.weights.pretrained_configs import IMAGENET_MEAN
 from keras_metaformer.weights.pretrained_configs import IMAGENET_STD
 from keras_metaformer.weights.pretrained_configs import PretrainedConfig
@@ -140,7 +149,17 @@ def per_stage(name, value, num_stages):
     return list(value)
 
 
+def _check_names(argument, values, valid):
+    for value in values:
+        if value not in valid:
+            raise ValueError(f"Unknown {argument} {value!r}. Expected one of {list(valid)}.")
+
+
 def _check_arguments(depths, dims, pooling, head):
+    """Returns `depths` and `dims` as tuples of ints, after checking them
+    and the other arguments that need no stage count."""
+    depths = check_int_sequence("depths", depths)
+    dims = check_int_sequence("dims", dims)
     if len(depths) != len(dims):
         raise ValueError(
             "`depths` and `dims` need one entry per stage. Received: "
@@ -159,6 +178,7 @@ def _check_arguments(depths, dims, pooling, head):
             "MetaFormer models are built channels-last. Call "
             "`keras.config.set_image_data_format('channels_last')` first."
         )
+    return depths, dims
 
 
 def _check_pretrained(pretrained, include_top, classes, classifier_activation):
@@ -177,18 +197,29 @@ def _check_pretrained(pretrained, include_top, classes, classifier_activation):
         )
 
 
-def _input_shape(input_shape, input_tensor, include_top, pretrained):
+def _input_shape(input_shape, input_tensor, include_top, include_preprocessing, pretrained):
     if input_shape is None and input_tensor is not None:
         input_shape = tuple(input_tensor.shape[1:])
     if input_shape is None:
         size = pretrained.input_size if pretrained else (224, 224)
         input_shape = (*size, 3) if include_top else (None, None, 3)
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3:
+    if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__") or len(input_shape) != 3:
         raise ValueError(
             "`input_shape` must be (height, width, channels), channels last. "
-            f"Received: input_shape={input_shape}"
+            f"Received: input_shape={input_shape!r}"
         )
+    message = (
+        "`input_shape` must be (height, width, channels): positive integers, or None for "
+        f"a variable height or width. Received: input_shape={tuple(input_shape)!r}"
+    )
+    try:
+        height, width = (None if s is None else check_int("input_shape", s) for s in input_shape[:2])
+        channels = check_int("input_shape", input_shape[2])
+    except TypeError:
+        raise TypeError(message) from None
+    except ValueError:
+        raise ValueError(message) from None
+    input_shape = (height, width, channels)
     if any(s is not None and s < MIN_INPUT_SIZE for s in input_shape[:2]):
         raise ValueError(
             f"Input images must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}: "
@@ -196,11 +227,20 @@ def _input_shape(input_shape, input_tensor, include_top, pretrained):
             f"input_shape={input_shape}. Resize the images, or use None for "
             "a variable size."
         )
-    if pretrained and input_shape[2] != 3:
+    if include_preprocessing:
+        # Grey is repeated and alpha dropped in the graph: the network sees RGB.
+        advice = (
+            f" (input_shape={input_shape}) with include_preprocessing=True, which normalises RGB "
+            "images. For other inputs, pass include_preprocessing=False and normalise them yourself."
+        )
+        ToRGB.check_channels(channels, advice)
+    elif pretrained and channels != 3:
         raise ValueError(
             "Pretrained weights expect 3 input channels (RGB). Received: "
-            f"input_shape={input_shape}. Pass weights=None to train on "
-            f"{input_shape[2]}-channel input, or convert the images to RGB."
+            f"input_shape={input_shape} with include_preprocessing=False. Pass "
+            "include_preprocessing=True, which turns grey (1 channel) and RGBA "
+            "(4) images into RGB in the graph, or weights=None to train on "
+            f"{channels}-channel input."
         )
     return input_shape
 
@@ -242,21 +282,39 @@ def build_metaformer(
     builder_name="MetaFormer",
 ):
     """`MetaFormer` plus `arch`, the timm name that selects pretrained weights."""
-    _check_arguments(depths, dims, pooling, head)
+    # Every argument is checked before the weights are fetched.
+    depths, dims = _check_arguments(depths, dims, pooling, head)
     num_stages = len(depths)
     token_mixers = per_stage("token_mixers", token_mixers, num_stages)
+    _check_names("token mixer", token_mixers, token_mixer_names())
     norms = per_stage("norm", norm, num_stages)
-    layer_scales = per_stage("layer_scale_init_value", layer_scale_init_value, num_stages)
-    res_scales = per_stage("res_scale_init_value", res_scale_init_value, num_stages)
+    _check_names("norm", norms, NORMS)
+    layer_scales = [
+        check_optional_float("layer_scale_init_value", value)
+        for value in per_stage("layer_scale_init_value", layer_scale_init_value, num_stages)
+    ]
+    res_scales = [
+        check_optional_float("res_scale_init_value", value)
+        for value in per_stage("res_scale_init_value", res_scale_init_value, num_stages)
+    ]
+    mlp_ratio = check_positive("mlp_ratio", mlp_ratio)
+    norm_epsilon = check_positive("norm_epsilon", norm_epsilon)
+    drop_path_rate = check_rate("drop_path_rate", drop_path_rate)
+    check_activation(activation)
+    if include_top:
+        classes = check_int("classes", classes)
+        check_activation(classifier_activation, "classifier_activation")
     resolved = resolve_weights(weights, arch)
     pretrained = resolved if isinstance(resolved, PretrainedConfig) else None
     if pretrained:
         _check_pretrained(pretrained, include_top, classes, classifier_activation)
-    input_shape = _input_shape(input_shape, input_tensor, include_top, pretrained)
+    input_shape = _input_shape(input_shape, input_tensor, include_top, include_preprocessing, pretrained)
     checkpoint = fetch_weights(resolved, builder_name)
 
     inputs = _inputs(input_tensor, input_shape)
     x = inputs
+    if include_preprocessing and input_shape[-1] != 3:
+        x = ToRGB(name="to_rgb")(x)
     if include_preprocessing:
         mean = pretrained.mean if pretrained else IMAGENET_MEAN
         std = pretrained.std if pretrained else IMAGENET_STD
