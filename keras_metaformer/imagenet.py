@@ -5,6 +5,8 @@ import os
 
 import numpy as np
 
+from keras_metaformer.arguments import check_int
+
 _CLASSES_FILE = os.path.join(os.path.dirname(__file__), "assets", "imagenet_classes.tsv")
 
 
@@ -49,6 +51,9 @@ def decode_predictions(predictions, top=5):
             f"shape (batch, {len(classes)}). Received an array of shape "
             f"{predictions.shape}."
         )
+    top = check_int("top", top)
+    if top > len(classes):
+        raise ValueError(f"`top` must be at most the {len(classes)} classes. Received: top={top}")
     decoded = []
     for row in predictions:
         best = np.argsort(row)[::-1][:top]

@@ -33,6 +33,20 @@ def test_decode_predictions_rejects_other_shapes():
         keras_metaformer.decode_predictions(np.zeros((1, 10)))
 
 
+@pytest.mark.parametrize(
+    "top, error, message",
+    [
+        (0, ValueError, r"`top` must be an integer >= 1. Received: top=0"),
+        (1001, ValueError, r"`top` must be at most the 1000 classes. Received: top=1001"),
+        ("5", TypeError, r"`top` must be an integer >= 1. Received: top='5' \(str\)"),
+    ],
+)
+def test_decode_predictions_checks_top(top, error, message):
+    with pytest.raises(error, match=message):
+        keras_metaformer.decode_predictions(np.zeros((1, 1000)), top=top)
+    assert len(keras_metaformer.decode_predictions(np.zeros((1, 1000)), top=np.int64(2))[0]) == 2
+
+
 @pytest.mark.parametrize("arch", ["poolformer_s12", "poolformer_m36"])
 @pytest.mark.parametrize("transpose", [False, True], ids=["landscape", "portrait"])
 def test_resize_and_center_crop_matches_pil(arch, transpose):
