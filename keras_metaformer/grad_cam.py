@@ -5,6 +5,7 @@ Networks via Gradient-based Localization", ICCV 2017.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_metaformer.models.metaformer import pyramid_layer_names
@@ -47,6 +48,22 @@ def _gradient(head, features, class_index):
     raise NotImplementedError(f"Grad-CAM is not implemented for the {backend} backend.")
 
 
+def _checked_class_index(class_index, batch, classes):
+    """One class per image, each in `[0, classes)`: out of range, a gather
+    would clamp it on JAX and explain another class without a word."""
+    indices = np.asarray(class_index)
+    if indices.dtype.kind not in "iu" or indices.ndim > 1 or indices.size not in (1, batch):
+        raise ValueError(
+            f"`class_index` must be an int or {batch} ints, one per image. "
+            f"Received: class_index={class_index!r}"
+        )
+    if indices.min() < 0 or indices.max() >= classes:
+        raise ValueError(
+            f"`class_index` must be in [0, {classes}), the model's classes. Received: class_index={class_index!r}"
+        )
+    return np.broadcast_to(indices.reshape(-1), (batch,))
+
+
 def grad_cam(model, images, class_index=None, layer_name=None):
     """Grad-CAM heatmaps of `model`'s predictions for `images`.
 
@@ -77,13 +94,18 @@ def grad_cam(model, images, class_index=None, layer_name=None):
     ((2, 2, 2), (2,))
     """
     layer_name = layer_name or pyramid_layer_names(model)["P5"]
+    if layer_name not in {layer.name for layer in model.layers}:
+        raise ValueError(
+            f"`layer_name` must name a layer of model {model.name!r}, such as its stages' last "
+            f"blocks {sorted(pyramid_layer_names(model).values())}. Received: layer_name={layer_name!r}"
+        )
     features_model, head = _split_at(model, layer_name)
     features = features_model(ops.convert_to_tensor(images, "float32"))
     predictions = head(features)
     if class_index is None:
         class_index = ops.argmax(predictions, axis=-1)
     else:
-        class_index = ops.broadcast_to(ops.convert_to_tensor(class_index), (ops.shape(features)[0],))
+        class_index = _checked_class_index(class_index, ops.shape(features)[0], predictions.shape[-1])
     class_index = ops.cast(class_index, "int32")
     gradients = _gradient(head, features, class_index)
     channel_weights = ops.mean(gradients, axis=(1, 2), keepdims=True)

@@ -7,6 +7,10 @@ with the batch size, and a cosine schedule after a linear warm-up.
 
 import keras
 
+from keras_metaformer.arguments import check_float
+from keras_metaformer.arguments import check_int
+from keras_metaformer.arguments import check_positive
+
 BASE_LEARNING_RATE = 1e-3
 BASE_BATCH_SIZE = 1024
 
@@ -17,7 +21,7 @@ def scaled_learning_rate(batch_size, base=BASE_LEARNING_RATE):
     >>> scaled_learning_rate(256)
     0.00025
     """
-    return base * batch_size / BASE_BATCH_SIZE
+    return check_positive("base", base) * check_int("batch_size", batch_size) / BASE_BATCH_SIZE
 
 
 def warmup_cosine(peak, total_steps, warmup_steps, start=1e-6, end=1e-5):
@@ -27,7 +31,9 @@ def warmup_cosine(peak, total_steps, warmup_steps, start=1e-6, end=1e-5):
     >>> [round(float(schedule(step)), 6) for step in (0, 10, 100)]
     [1e-06, 0.001, 1e-05]
     """
-    warmup_steps = min(warmup_steps, total_steps - 1)
+    peak = check_positive("peak", peak)
+    total_steps = check_int("total_steps", total_steps)
+    warmup_steps = min(check_int("warmup_steps", warmup_steps, minimum=0), total_steps - 1)
     return keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=start,
         decay_steps=max(total_steps - warmup_steps, 1),
@@ -54,6 +60,7 @@ def adamw(model, learning_rate, weight_decay=0.05, **kwargs):
     >>> model = keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), weights=None)
     >>> optimizer = adamw(model, 1e-3)
     """
+    weight_decay = check_float("weight_decay", weight_decay, ">= 0", low=0.0)
     optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
     optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) <= 1])
     return optimizer

@@ -3,6 +3,7 @@ import os
 
 import keras
 import numpy as np
+import pytest
 
 import keras_metaformer
 from keras_metaformer.grad_cam import grad_cam
@@ -43,6 +44,24 @@ def test_grad_cam_defaults_to_the_top_class_and_stays_in_range():
     heatmaps, classes = grad_cam(model, images)
     np.testing.assert_array_equal(classes, model.predict(images, verbose=0).argmax(-1))
     assert heatmaps.min() >= 0 and heatmaps.max() <= 1 + 1e-6
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"class_index": 5}, r"`class_index` must be in \[0, 5\), the model's classes. Received: class_index=5"),
+        ({"class_index": -1}, r"`class_index` must be in \[0, 5\)"),
+        ({"class_index": [0, 1, 2]}, r"`class_index` must be an int or 2 ints, one per image"),
+        ({"class_index": 1.5}, r"`class_index` must be an int or 2 ints"),
+        ({"layer_name": "stage9_block0"}, r"`layer_name` must name a layer of model .*'stage3_block0'"),
+    ],
+)
+def test_grad_cam_refuses_classes_and_layers_the_model_lacks(kwargs, message):
+    model = keras_metaformer.MetaFormer(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), classes=5, input_shape=(64, 64, 3))
+    with pytest.raises(ValueError, match=message):
+        grad_cam(model, np.zeros((2, 64, 64, 3), "float32"), **kwargs)
+    _, classes = grad_cam(model, np.zeros((2, 64, 64, 3), "float32"), class_index=np.int64(4))
+    assert classes.tolist() == [4, 4]
 
 
 def test_grad_cam_recipe_writes_a_png_overlay(tmp_path):
