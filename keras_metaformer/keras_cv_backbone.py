@@ -26,7 +26,14 @@ in [0, 255], as keras-cv's pipelines produce.
 """
 
 import keras
-import keras_cv
+
+try:
+    import keras_cv
+except ImportError as error:
+    raise ImportError(
+        "keras_metaformer.keras_cv_backbone needs keras-cv, which is not installed: "
+        '`pip install "keras-metaformer[data]"` (or `pip install keras-cv`).'
+    ) from error
 
 from keras_metaformer.models.metaformer import pyramid_layer_names
 

@@ -2,6 +2,8 @@
 
 import importlib.util
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -65,3 +67,16 @@ def test_recipe_smoke_mode_trains_a_keras_cv_model(recipe, tmp_path):
     assert np.isfinite(history.history["loss"]).all()
     assert (tmp_path / "history.csv").read_text().startswith("epoch,loss")
     assert any(p.name.endswith(".weights.h5") for p in tmp_path.iterdir())
+
+
+def test_the_backbone_module_names_the_install_when_keras_cv_is_missing():
+    # A fresh interpreter in which `import keras_cv` fails, as where it is not installed.
+    code = (
+        "import sys; sys.modules['keras_cv'] = None\n"
+        "try:\n"
+        "    import keras_metaformer.keras_cv_backbone\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert 'needs keras-cv, which is not installed: `pip install "keras-metaformer[data]"`' in result.stdout
