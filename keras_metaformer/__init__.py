@@ -62,6 +62,7 @@ from keras_metaformer.models import RandFormerS12
 from keras_metaformer.models import RandFormerS24
 from keras_metaformer.models import RandFormerS36
 from keras_metaformer.macs import count_macs
+from keras_metaformer.preprocessing import load_image
 from keras_metaformer.preprocessing import resize_and_center_crop
 from keras_metaformer.weights import PretrainedConfig
 from keras_metaformer.weights import available_weights
@@ -122,6 +123,7 @@ __all__ = [
     "get_pretrained_config",
     "imagenet_classes",
     "layers",
+    "load_image",
     "load_timm_weights",
     "resize_and_center_crop",
     "weights",

@@ -31,15 +31,16 @@ def load_image(path):
         from skimage import data
 
         return data.chelsea(), "scikit-image's chelsea.png (a tabby cat)"
-    if not os.path.isfile(path):
-        sys.exit(f"error: no image file at {path!r}")
-    import keras
+    # The package's reader gives the pixels the tf.data pipelines decode, in
+    # every Pillow mode (a 16-bit PNG is not clipped to white).
+    from keras_metaformer.preprocessing import load_image as read_rgb
 
     try:
-        image = keras.utils.load_img(path, color_mode="rgb")
-    except Exception as error:  # PIL raises several types for unreadable files
+        return read_rgb(path), path
+    except FileNotFoundError:
+        sys.exit(f"error: no image file at {path!r}")
+    except ValueError as error:
         sys.exit(f"error: cannot read {path!r} as an image ({error})")
-    return np.asarray(image), path
 
 
 def build_model(builder, weights):

@@ -51,6 +51,18 @@ def test_classify_reports_unreadable_images(tmp_path):
     assert unreadable.returncode != 0 and "cannot read" in unreadable.stderr
 
 
+def test_classify_reads_a_16_bit_png_as_the_pipeline_does(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    values = np.array([[0, 255, 256, 32768], [40000, 65280, 65535, 1000]], "uint16")
+    path = tmp_path / "grey16.png"
+    Image.fromarray(values).save(path)
+    image, _ = import_recipe("classify").load_image(str(path))
+    # libpng's 16-to-8 bit reduction, as in tf.io.decode_png: the high byte.
+    np.testing.assert_array_equal(image, np.repeat((values >> 8).astype("uint8")[..., None], 3, axis=-1))
+
+
 def test_finetune_smoke_writes_model_log_and_plot(tmp_path):
     result = run_recipe("--smoke", "--output", str(tmp_path), recipe="finetune.py")
     assert result.returncode == 0, result.stderr[-3000:]
