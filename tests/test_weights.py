@@ -8,7 +8,10 @@ timm's own modules, with the pseudo-random weights of
 import functools
 import http.server
 import os
+import re
+import socket
 import threading
+import time
 
 import keras
 import numpy as np
@@ -306,6 +309,63 @@ def test_corrupt_and_unsupported_files_are_refused(tmp_path, weights_dir):
         keras_metaformer.load_timm_weights(tiny_poolformer("s12"), str(pickle))
 
 
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_a_keras_file_of_another_architecture_is_listed_and_changes_nothing(tmp_path, suffix):
+    from keras_metaformer.weights.resolve import load_keras_weights
+
+    path = str(tmp_path / f"s12_10_classes{suffix}")
+    saved = tiny_poolformer("s12")
+    saved.save_weights(path) if suffix == ".weights.h5" else saved.save(path)
+    # The same blocks and another head: Keras would load the blocks, then fail.
+    model = tiny_poolformer("s12", classes=7)
+    before = snapshot(model)
+    with pytest.raises(ValueError) as error:
+        load_keras_weights(model, path)
+    message = str(error.value)
+    assert f"Cannot load {path!r} into model 'metaformer': the file's weights do not match" in message
+    assert "no weight was changed" in message
+    assert "Shape mismatches (2):\n  layers/dense/vars/0 (layer 'predictions'): file (64, 10), model (64, 7)" in message
+    assert "could not be loaded" not in message  # not Keras' own report
+    for old, new in zip(before, snapshot(model)):
+        np.testing.assert_array_equal(old, new)
+    # More blocks than the file holds: each missing one is named.
+    first = "layers/meta_former_block_12/layer_scale1/vars/0 (layer 'stage2_block4'): (32,)"
+    with pytest.raises(ValueError, match=re.escape(f"Missing from the file (120):\n  {first}")):
+        tiny_poolformer("s24", weights=path)
+
+
+@pytest.mark.parametrize(
+    "suffix, expected",
+    [
+        (".weights.h5", "not an HDF5 file. Expected an HDF5 file"),
+        (".keras", "not a zip archive. Expected a zip archive"),
+    ],
+)
+def test_a_keras_file_that_is_not_one_names_the_path_and_the_format(tmp_path, suffix, expected):
+    path = tmp_path / f"notes{suffix}"
+    path.write_text("these are not weights")
+    message = f"Cannot read the Keras weights file {str(path)!r}: it is {expected}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tiny_poolformer("s12", weights=str(path))
+
+
+@pytest.mark.parametrize("source", [12, ["stem.conv.weight"], None])
+def test_an_unsupported_checkpoint_source_names_the_accepted_types(source):
+    accepted = r"Expected a checkpoint path \(str or os.PathLike.*or a mapping of names to arrays.*Received: source="
+    with pytest.raises(TypeError, match=accepted):
+        keras_metaformer.load_timm_weights(tiny_poolformer("s12"), source)
+
+
+@pytest.mark.parametrize(
+    "value", [[[1.0, 2.0], [3.0]], np.array([np.zeros(2), None], dtype=object), np.array(["weights"])]
+)
+def test_a_checkpoint_entry_that_is_not_numbers_names_its_key(value):
+    state = tiny_state("poolformer_s12")
+    state["stages.1.blocks.0.mlp.fc1.bias"] = value
+    with pytest.raises(ValueError, match=r"Checkpoint entry 'stages.1.blocks.0.mlp.fc1.bias' is not an array of"):
+        keras_metaformer.load_timm_weights(tiny_poolformer("s12"), state)
+
+
 def test_pretrained_configs_hold_the_evaluation_preprocessing():
     config = keras_metaformer.get_pretrained_config("poolformer_m36", "imagenet")
     assert config.name == "poolformer_m36.sail_in1k"
@@ -320,6 +380,7 @@ def test_pretrained_configs_hold_the_evaluation_preprocessing():
 # --- weights="imagenet": downloads from a loopback server ---------------------
 
 S12_URL_PATH = "/timm/poolformer_s12.sail_in1k/resolve/main/model.safetensors"
+TIMEOUT = "KERAS_METAFORMER_DOWNLOAD_TIMEOUT"
 
 
 @functools.lru_cache(maxsize=None)
@@ -337,6 +398,9 @@ class _WeightServer(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.files = {}
         self.requests = []
+
+    def url_of(self, path):
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -413,10 +477,11 @@ def test_a_corrupt_cached_file_is_replaced(weight_server, keras_home):
 
 def test_a_truncated_download_is_detected_and_dropped_from_the_cache(weight_server, keras_home):
     weight_server.files[S12_URL_PATH] = save(_served_s12_state())[:-1000]
-    with pytest.raises(ValueError, match=r"corrupt or truncated.*removed from the cache"):
+    with pytest.raises(ValueError, match=r"corrupt or truncated.*removed from the cache") as error:
         keras_metaformer.PoolFormerS12(weights="imagenet")
     assert not _cached_file(keras_home).exists()
     assert len(weight_server.requests) == 2  # the first file, then one retry
+    _assert_one_exception(error.value)
 
 
 def test_offline_download_names_the_url_and_the_local_file_option(keras_home):
@@ -428,11 +493,110 @@ def test_offline_download_names_the_url_and_the_local_file_option(keras_home):
     assert "PoolFormerM36(weights='/path/to/model.safetensors')" in message
     assert not _cached_file(keras_home).exists()
     assert not any(keras_home.rglob("*.safetensors"))
+    _assert_one_exception(error.value)
+
+
+def _assert_one_exception(error):
+    """No chain of tracebacks (urllib's, say) printed above the message."""
+    assert error.__cause__ is None and (error.__suppress_context__ or error.__context__ is None)
 
 
 def test_a_missing_file_on_the_server_is_reported(weight_server):
-    with pytest.raises(OSError, match="404"):
+    with pytest.raises(OSError, match="HTTP 404") as error:
         keras_metaformer.PoolFormerS12(weights="imagenet")
+    _assert_one_exception(error.value)
+
+
+class _SilentServer:
+    """A loopback server that accepts connections and then never answers, or
+    (`stall_mid_file`) answers with the start of a file and then stalls."""
+
+    def __init__(self, stall_mid_file):
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.done = threading.Event()
+        self.connections = []
+        if stall_mid_file:
+            threading.Thread(target=self._answer_partly, daemon=True).start()
+        # Otherwise the kernel completes the handshake and nobody accepts.
+
+    def _answer_partly(self):
+        while not self.done.is_set():
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:  # closed
+                return
+            self.connections.append(connection)
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"\0" * 1000)
+
+    def close(self):
+        self.done.set()
+        for connection in self.connections:
+            connection.close()
+        self.socket.close()
+
+
+@pytest.mark.parametrize("stall_mid_file", [False, True], ids=["never-answers", "stalls-mid-file"])
+def test_a_server_that_stops_answering_times_out_like_an_offline_machine(keras_home, monkeypatch, stall_mid_file):
+    server = _SilentServer(stall_mid_file)
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv(TIMEOUT, "1")
+    outcome = {}
+
+    def build():
+        try:
+            keras_metaformer.PoolFormerS12(weights="imagenet")
+        except OSError as error:
+            outcome["error"] = error
+
+    # In a thread, so that a hang fails the test instead of stalling the run.
+    thread = threading.Thread(target=build, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(timeout=30)
+    server.close()
+    assert not thread.is_alive(), "the download hung"
+    assert time.monotonic() - started < 15  # two tries (one retry) of 1 s each, and the build
+    error = outcome["error"]
+    assert isinstance(error, OSError)
+    message = str(error)
+    assert f"{server.url}{S12_URL_PATH} (the server did not answer within 1 s)" in message
+    assert "PoolFormerS12(weights='/path/to/model.safetensors')" in message
+    assert "raise KERAS_METAFORMER_DOWNLOAD_TIMEOUT (now 1 s)" in message
+    _assert_one_exception(error)
+    assert not [path for path in keras_home.rglob("*") if path.is_file()]  # no partial file
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-3", "nan"])
+def test_a_bad_download_timeout_is_named(keras_home, monkeypatch, value):
+    monkeypatch.setenv(TIMEOUT, value)
+    expected = f"{TIMEOUT} must be a positive number of seconds. Received: {TIMEOUT}='{value}'"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        keras_metaformer.PoolFormerS12(weights="imagenet")
+
+
+def test_a_cached_file_of_another_architecture_names_itself_and_how_to_clear_it(weight_server, keras_home):
+    cached = _cached_file(keras_home)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(save(tiny_state("poolformer_s12")))  # valid safetensors, reduced widths
+    with pytest.raises(ValueError) as error:
+        keras_metaformer.PoolFormerS12(weights="imagenet")
+    message = str(error.value)
+    url = weight_server.url_of(S12_URL_PATH)
+    assert f"The weights file {cached} (from {url}) does not match model 'poolformer_s12'" in message
+    assert f"delete it (`rm '{cached}'`) and build the model again" in message
+    assert "Shape mismatches (" in message and "head.fc.bias: checkpoint (10,), model (1000,)" in message
+    _assert_one_exception(error.value)
+    assert cached.is_file() and weight_server.requests == []  # kept for the user to inspect; no download
+
+
+def test_a_downloaded_file_of_another_architecture_is_dropped_from_the_cache(weight_server, keras_home):
+    weight_server.files[S12_URL_PATH] = save(tiny_state("poolformer_s12"))
+    with pytest.raises(ValueError, match=r"does not match model 'poolformer_s12'.*removed from the cache.*HF_ENDPOINT"):
+        keras_metaformer.PoolFormerS12(weights="imagenet")
+    assert not _cached_file(keras_home).exists()
+    assert weight_server.requests == [S12_URL_PATH]
 
 
 # --- Weight tags of the baselines ---------------------------------------------

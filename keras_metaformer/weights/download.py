@@ -5,61 +5,164 @@ parsing: a safetensors file states the byte range of every tensor in its
 header, so a truncated or garbled file fails to load. A bad file is removed
 from the cache before the error is raised, so the next call downloads
 afresh instead of failing on the same file again.
+
+Downloads use urllib with a timeout (`keras.utils.get_file` has none, so a
+server that accepts the connection and never answers would hang the caller
+forever) and go to a temporary file in the cache folder that is renamed into
+place only once complete: a failed download leaves nothing in the cache.
 """
 
+import contextlib
+import dataclasses
+import http.client
+import math
 import os
-
-import keras
+import tempfile
+import urllib.error
+import urllib.request
 
 from keras_metaformer.weights.timm_conversion import CheckpointReadError
 from keras_metaformer.weights.timm_conversion import read_checkpoint
 
 CACHE_SUBDIR = "models"
+TIMEOUT_VARIABLE = "KERAS_METAFORMER_DOWNLOAD_TIMEOUT"
+# Seconds to wait for the server to accept the connection, and then for each
+# next piece of the file: a stall ends the download, a slow but steady one
+# does not.
+DEFAULT_TIMEOUT = 30.0
+_CHUNK_BYTES = 1 << 20
 
 
-def _cache_dir():
-    # Read at call time, so that KERAS_HOME set after import is honoured.
-    return os.environ.get("KERAS_HOME")
+@dataclasses.dataclass(frozen=True)
+class PretrainedState:
+    """A pretrained checkpoint, and where it came from.
+
+    Attributes:
+        state: the checkpoint, `{key: np.ndarray}`.
+        path: the file in the Keras cache.
+        url: where that file was downloaded from.
+        downloaded: whether this call downloaded it (else it was cached).
+    """
+
+    state: dict
+    path: str
+    url: str
+    downloaded: bool
 
 
-def _download(config, builder_name):
+def download_timeout():
+    """The download timeout in seconds, from `$KERAS_METAFORMER_DOWNLOAD_TIMEOUT`.
+
+    Read at call time, so that setting the variable after import works.
+    """
+    value = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not value:
+        return DEFAULT_TIMEOUT
     try:
-        return keras.utils.get_file(
-            f"{config.name}.safetensors",
-            origin=config.url,
-            cache_subdir=CACHE_SUBDIR,
-            cache_dir=_cache_dir(),
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(
+            f"{TIMEOUT_VARIABLE} must be a positive number of seconds. "
+            f"Received: {TIMEOUT_VARIABLE}={value!r}. Unset it for the default "
+            f"of {DEFAULT_TIMEOUT:g} s."
         )
-    except Exception as error:
+    return seconds
+
+
+def cache_dir():
+    """`$KERAS_HOME/models` (default `~/.keras/models`), created if needed.
+
+    Like `keras.utils.get_file`, falls back to the temporary folder's
+    `.keras` when the Keras home cannot be written. `$KERAS_HOME` is read
+    at call time, so that setting it after import is honoured.
+    """
+    home = os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras"))
+    directory = os.path.join(home, CACHE_SUBDIR)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        if os.access(directory, os.W_OK):
+            return directory
+    except OSError:
+        pass
+    directory = os.path.join(tempfile.gettempdir(), ".keras", CACHE_SUBDIR)
+    os.makedirs(directory, exist_ok=True)
+    return directory
+
+
+def _fetch(url, path, timeout):
+    """Downloads `url` to `path`, whole or not at all."""
+    handle, partial = tempfile.mkstemp(
+        dir=os.path.dirname(path), prefix=os.path.basename(path) + ".", suffix=".partial"
+    )
+    try:
+        with os.fdopen(handle, "wb") as file:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                announced = response.headers.get("Content-Length")
+                received = 0
+                while chunk := response.read(_CHUNK_BYTES):
+                    file.write(chunk)
+                    received += len(chunk)
+            if announced is not None and received != int(announced):
+                raise OSError(f"the connection closed after {received} of {announced} bytes")
+        os.replace(partial, path)
+    except BaseException:  # KeyboardInterrupt too: never leave a partial file
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
+        raise
+
+
+def _reason(error, timeout):
+    """What went wrong, in one line, from urllib's nested errors."""
+    if isinstance(error, urllib.error.HTTPError):
+        return f"the server answered HTTP {error.code} {error.reason}"
+    if isinstance(error, urllib.error.URLError) and isinstance(error.reason, BaseException):
+        error = error.reason
+    if isinstance(error, TimeoutError):
+        return f"the server did not answer within {timeout:g} s"
+    return f"{type(error).__name__}: {error}"
+
+
+def _download(config, path, builder_name):
+    timeout = download_timeout()
+    try:
+        _fetch(config.url, path, timeout)
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        # One exception, not urllib's chain: the message holds all of it.
         raise OSError(
             f"Could not download the weights {config.name!r} from "
-            f"{config.url} ({error}). If this machine is offline, download "
-            "that file on one that is online and pass its path: "
-            f"`{builder_name}(weights='/path/to/model.safetensors')`. To use "
-            "a Hugging Face Hub mirror, set the HF_ENDPOINT environment "
-            "variable."
-        ) from error
+            f"{config.url} ({_reason(error, timeout)}). If this machine is "
+            "offline, download that file on one that is online and pass its "
+            f"path: `{builder_name}(weights='/path/to/model.safetensors')`. To "
+            "use a Hugging Face Hub mirror, set the HF_ENDPOINT environment "
+            f"variable; on a slow network, raise {TIMEOUT_VARIABLE} (now "
+            f"{timeout:g} s)."
+        ) from None
 
 
 def fetch_pretrained_state(config, builder_name="the builder"):
-    """Returns the checkpoint of `config` as `{key: array}`, via the cache.
+    """Returns the checkpoint of `config` as a `PretrainedState`, via the cache.
 
-    A cached file that does not parse (say, from an interrupted download) is
-    removed and downloaded once more; a freshly downloaded file that does
-    not parse is removed and reported.
+    A file that does not parse (cached from an interrupted download, or just
+    downloaded) is removed and downloaded once more; if that one does not
+    parse either, it is removed and reported.
     """
-    path = _download(config, builder_name)
+    path = os.path.join(cache_dir(), f"{config.name}.safetensors")
+    downloaded = not os.path.isfile(path)
+    if downloaded:
+        _download(config, path, builder_name)
     try:
-        return read_checkpoint(path)
+        return PretrainedState(read_checkpoint(path), path, config.url, downloaded)
     except CheckpointReadError:
         os.remove(path)
-    path = _download(config, builder_name)
+    _download(config, path, builder_name)
     try:
-        return read_checkpoint(path)
+        return PretrainedState(read_checkpoint(path), path, config.url, downloaded=True)
     except CheckpointReadError as error:
         os.remove(path)
         raise CheckpointReadError(
             f"The weights downloaded from {config.url} are corrupt or "
             f"truncated ({error}). The file was removed from the cache; try "
             "again, or download it yourself and pass its path as `weights`."
-        ) from error
+        ) from None

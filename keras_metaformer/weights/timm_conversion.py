@@ -45,6 +45,25 @@ class CheckpointReadError(ValueError):
     """A checkpoint file could not be read: corrupt, truncated or unknown."""
 
 
+def _as_array(key, value):
+    """`value` as a numeric NumPy array, or a `ValueError` naming `key`."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as error:  # ragged nested lists, say
+        raise ValueError(
+            f"Checkpoint entry {key!r} is not an array of numbers: NumPy "
+            f"cannot make one array of it ({error}). Expected a NumPy array "
+            f"(or nested lists of equal lengths). Received: {type(value).__name__}."
+        ) from None
+    if array.dtype.kind in "OSU":  # objects, bytes, strings
+        raise ValueError(
+            f"Checkpoint entry {key!r} is not an array of numbers: it has "
+            f"dtype {array.dtype} and shape {array.shape}. Expected a numeric "
+            "array (float or int), e.g. `tensor.numpy()` of a PyTorch tensor."
+        )
+    return array
+
+
 def read_checkpoint(source):
     """Returns `{key: np.ndarray}` from a path or an existing mapping.
 
@@ -53,8 +72,15 @@ def read_checkpoint(source):
             arrays (NumPy, or anything `np.asarray` accepts).
     """
     if isinstance(source, Mapping):
-        return {key: np.asarray(value) for key, value in source.items()}
-    path = os.fspath(source)
+        return {key: _as_array(key, value) for key, value in source.items()}
+    if not isinstance(source, (str, bytes, os.PathLike)):
+        raise TypeError(
+            "Expected a checkpoint path (str or os.PathLike: a `.safetensors` "
+            "file or an `.npz` archive) or a mapping of names to arrays "
+            f"(e.g. a dict). Received: source={_short_repr(source)} of type "
+            f"{type(source).__name__}."
+        )
+    path = os.fsdecode(source)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No checkpoint file at {path!r}.")
     if path.endswith(".safetensors"):
@@ -83,6 +109,11 @@ def read_checkpoint(source):
         "`torch.load(path, weights_only=True)` and pass "
         "`{key: tensor.numpy() for key, tensor in state_dict.items()}`."
     )
+
+
+def _short_repr(value, limit=80):
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _authors_block(match):
@@ -207,7 +238,7 @@ def to_keras_layout(array, shape, key=""):
     return array if array.shape == shape else None
 
 
-def _listing(title, items):
+def format_listing(title, items):
     if not items:
         return ""
     shown = "\n".join(f"  {item}" for item in items[:_MAX_LISTED])
@@ -238,7 +269,9 @@ def load_timm_weights(model, source):
 
     Raises:
         ValueError: listing missing keys, unexpected keys and shape
-            mismatches, or naming a file that cannot be read.
+            mismatches, or naming a file that cannot be read or an entry
+            that is not an array of numbers.
+        TypeError: if `source` is neither a path nor a mapping.
 
     Example:
 
@@ -256,6 +289,29 @@ def load_timm_weights(model, source):
     ...
     """
     state = read_checkpoint(source)
+    targets, values, listing = _match(model, state)
+    if listing:
+        raise ValueError(
+            f"Cannot load the checkpoint into model {model.name!r}: it does "
+            "not match the architecture, so no weight was changed. Check that "
+            "the checkpoint is for the same variant, and pass "
+            "`include_top=False` to load a checkpoint whose head differs." + listing
+        )
+    for key, variable in targets.items():
+        variable.assign(values[key].astype(variable.dtype))
+    return model
+
+
+def checkpoint_mismatch(model, state):
+    """Where the checkpoint `{key: array}` differs from `model`, as the lines
+    of `load_timm_weights`' error; `""` when it fits."""
+    return _match(model, state)[2]
+
+
+def _match(model, state):
+    """`(targets, values, listing)`: the model's variables and the checkpoint's
+    arrays in Keras' layout, by timm key, and where the two differ (`""` if
+    nowhere)."""
     if is_authors_format(state):
         state = authors_to_timm_keys(state)
     targets = timm_key_map(model)
@@ -275,16 +331,9 @@ def load_timm_weights(model, source):
             )
         else:
             values[key] = value
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"Cannot load the checkpoint into model {model.name!r}: it does "
-            "not match the architecture, so no weight was changed. Check that "
-            "the checkpoint is for the same variant, and pass "
-            "`include_top=False` to load a checkpoint whose head differs."
-            + _listing("Missing from the checkpoint", missing)
-            + _listing("Unexpected in the checkpoint", unexpected)
-            + _listing("Shape mismatches", mismatched)
-        )
-    for key, variable in targets.items():
-        variable.assign(values[key].astype(variable.dtype))
-    return model
+    listing = (
+        format_listing("Missing from the checkpoint", missing)
+        + format_listing("Unexpected in the checkpoint", unexpected)
+        + format_listing("Shape mismatches", mismatched)
+    )
+    return targets, values, listing
