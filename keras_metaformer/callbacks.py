@@ -5,6 +5,8 @@ import os
 
 import keras
 
+from keras_metaformer.weights.resolve import keras_weights_mismatch
+
 STATE_FILE = "state.json"
 
 
@@ -55,16 +57,71 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         """Loads the last complete checkpoint into `model`; returns its epoch.
 
         `model` must be compiled, so that the optimizer state is restored
-        too. Returns 0 when there is no checkpoint.
+        too. Returns 0 when there is no checkpoint. Restoring is atomic: a
+        checkpoint that does not fit the model raises a `ValueError` listing
+        the differences, and on any error neither the model's weights nor
+        the optimizer's variables change.
         """
+        if getattr(model, "optimizer", None) is None:
+            raise ValueError(
+                f"Cannot restore a checkpoint into model {model.name!r}: it is not "
+                "compiled, and the checkpoint holds the optimizer state too. Call "
+                "`model.compile(optimizer=..., loss=...)` first, then "
+                "`checkpoint.restore(model)`."
+            )
         if not os.path.exists(self.state_path):
             return 0
-        with open(self.state_path) as file:
-            state = json.load(file)
-        if model.optimizer is not None and not model.optimizer.built:
+        epoch, weights_path = self._read_state()
+        if not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
-        model.load_weights(os.path.join(self.directory, state["weights"]))
-        return state["epoch"]
+        listing = keras_weights_mismatch(model, weights_path)
+        if listing:
+            raise ValueError(
+                f"Cannot resume from {weights_path} (epoch {epoch}): it does not "
+                f"match model {model.name!r} and its optimizer, so nothing was "
+                "changed. Resume with the model and optimizer that wrote it, or "
+                f"give ResumableCheckpoint another directory than {self.directory} "
+                "to train from epoch 0." + listing
+            )
+        variables = list({id(v): v for v in [*model.variables, *model.optimizer.variables]}.values())
+        saved = [keras.ops.convert_to_numpy(variable) for variable in variables]
+        try:
+            model.load_weights(weights_path)
+        except BaseException:
+            for variable, value in zip(variables, saved):
+                variable.assign(value)
+            raise
+        return epoch
+
+    def _read_state(self):
+        """`(epoch, weights path)` from `state.json`, or an error naming it."""
+        fix = (
+            f"ResumableCheckpoint writes it after each epoch; restore it, or give "
+            f"ResumableCheckpoint another directory than {self.directory} to "
+            "train from epoch 0."
+        )
+        try:
+            with open(self.state_path) as file:
+                state = json.load(file)
+        except (OSError, ValueError) as error:  # ValueError: not JSON, not UTF-8
+            raise ValueError(f"Cannot read the checkpoint state file {self.state_path} ({error}). {fix}") from None
+        epoch = state.get("epoch") if isinstance(state, dict) else None
+        name = state.get("weights") if isinstance(state, dict) else None
+        valid_epoch = isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0
+        valid_name = isinstance(name, str) and name and os.path.basename(name) == name
+        if not (valid_epoch and valid_name):
+            raise ValueError(
+                f"The checkpoint state file {self.state_path} is malformed. Expected "
+                '{"epoch": <an int >= 0>, "weights": "<a file name in that folder>"}. '
+                f"Received: {json.dumps(state)[:200]}. {fix}"
+            )
+        weights_path = os.path.join(self.directory, name)
+        if not os.path.isfile(weights_path):
+            raise FileNotFoundError(
+                f"The checkpoint state file {self.state_path} names the weights file "
+                f"{weights_path}, which does not exist. {fix}"
+            )
+        return epoch, weights_path
 
     def on_epoch_end(self, epoch, logs=None):
         os.makedirs(self.directory, exist_ok=True)

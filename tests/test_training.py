@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -122,3 +123,105 @@ def test_a_run_killed_mid_epoch_resumes_without_repeating_epochs(tmp_path):
     assert json.loads(state.read_text())["epoch"] == 4
     leftovers = [name for name in os.listdir(tmp_path / "checkpoints") if name not in ("state.json", "epoch-0004.weights.h5")]
     assert leftovers == []
+
+
+# --- Restoring: atomic, and clear about what is wrong ---------------------------
+
+
+def _dense_model(outputs=1):
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(outputs)])
+    model.compile(keras.optimizers.Adam(1e-3), "mse")
+    return model
+
+
+def _trained(model, directory, epochs=1):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 8)).astype("float32")
+    y = rng.normal(size=(16, model.layers[-1].units)).astype("float32")
+    checkpoint = ResumableCheckpoint(str(directory))
+    model.fit(x, y, epochs=epochs, batch_size=4, callbacks=[checkpoint], verbose=0)
+    return checkpoint
+
+
+def _state(model):
+    return [keras.ops.convert_to_numpy(v).copy() for v in [*model.variables, *model.optimizer.variables]]
+
+
+def _assert_unchanged(before, model):
+    after = _state(model)
+    assert len(before) == len(after)
+    for old, new in zip(before, after):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_restoring_a_checkpoint_of_another_model_changes_nothing(tmp_path):
+    checkpoint = _trained(_dense_model(outputs=1), tmp_path)
+    # The first layer fits, the last does not: Keras alone would load the first.
+    model = _dense_model(outputs=2)
+    _trained(model, tmp_path / "other")  # optimizer state of its own
+    before = _state(model)
+    with pytest.raises(ValueError) as error:
+        checkpoint.restore(model)
+    message = str(error.value)
+    weights = tmp_path / "epoch-0001.weights.h5"
+    assert f"Cannot resume from {weights} (epoch 1): it does not match model" in message
+    assert "so nothing was changed" in message
+    assert "Shape mismatches (" in message
+    assert re.search(r"\n  layers/dense_1/vars/0 \(layer 'dense_\d+'\): file \(16, 1\), model \(16, 2\)\n", message)
+    assert "optimizer/vars/" in message  # Adam's moments of that layer too
+    _assert_unchanged(before, model)
+
+
+def test_a_restore_that_fails_while_loading_puts_every_weight_back(tmp_path, monkeypatch):
+    checkpoint = _trained(_dense_model(), tmp_path)
+    model = _dense_model()
+    _trained(model, tmp_path / "other")
+    before = _state(model)
+    load_weights = model.load_weights
+
+    def load_then_fail(path):  # a disk error halfway through, say
+        load_weights(path)
+        raise OSError("read error")
+
+    monkeypatch.setattr(model, "load_weights", load_then_fail)
+    with pytest.raises(OSError, match="read error"):
+        checkpoint.restore(model)
+    _assert_unchanged(before, model)
+    monkeypatch.undo()
+    assert checkpoint.restore(model) == 1  # and a good restore still loads
+    assert not np.array_equal(_state(model)[0], before[0])
+
+
+@pytest.mark.parametrize(
+    "content, error_type, message",
+    [
+        ("{not json", ValueError, r"Cannot read the checkpoint state file {state} \(Expecting property name"),
+        ('{"epoch": 1}', ValueError, r"The checkpoint state file {state} is malformed\. Expected \{{\"epoch\""),
+        ('{"epoch": "1", "weights": "epoch-0001.weights.h5"}', ValueError, r"{state} is malformed"),
+        ('["epoch", 1]', ValueError, r"{state} is malformed.*Received: \[\"epoch\", 1\]"),
+        (
+            '{"epoch": 3, "weights": "epoch-0003.weights.h5"}',
+            FileNotFoundError,
+            r"{state} names the weights file {directory}/epoch-0003\.weights\.h5, which does not exist",
+        ),
+    ],
+    ids=["not-json", "missing-key", "epoch-not-int", "not-a-dict", "missing-weights-file"],
+)
+def test_a_corrupt_state_file_is_named(tmp_path, content, error_type, message):
+    checkpoint = _trained(_dense_model(), tmp_path)
+    (tmp_path / "state.json").write_text(content)
+    model = _dense_model()
+    expected = message.format(state=re.escape(str(tmp_path / "state.json")), directory=re.escape(str(tmp_path)))
+    with pytest.raises(error_type, match=expected + ".*another directory than"):
+        checkpoint.restore(model)
+
+
+def test_restoring_into_an_uncompiled_model_says_to_compile_first(tmp_path):
+    checkpoint = _trained(_dense_model(), tmp_path)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    before = [keras.ops.convert_to_numpy(v).copy() for v in model.variables]
+    compile_first = r"it is not compiled.*Call `model.compile\(optimizer=\.\.\., loss=\.\.\.\)` first"
+    with pytest.raises(ValueError, match=compile_first):
+        checkpoint.restore(model)
+    for old, new in zip(before, model.variables):
+        np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
