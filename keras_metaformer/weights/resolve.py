@@ -12,7 +12,7 @@ from keras_metaformer.weights.pretrained_configs import IMAGENET_ALIAS
 from keras_metaformer.weights.pretrained_configs import PretrainedConfig
 from keras_metaformer.weights.pretrained_configs import available_weights
 from keras_metaformer.weights.pretrained_configs import get_pretrained_config
-from keras_metaformer.weights.timm_conversion import checkpoint_mismatch
+from keras_metaformer.weights.timm_conversion import CheckpointMismatchError
 from keras_metaformer.weights.timm_conversion import format_listing
 from keras_metaformer.weights.timm_conversion import load_timm_weights
 
@@ -85,8 +85,11 @@ def load_weights(model, weights):
 
 
 def _load_pretrained(model, pretrained):
-    listing = checkpoint_mismatch(model, pretrained.state)
-    if listing:
+    # One match of the checkpoint against the model: load_timm_weights checks
+    # before it assigns; here its error gains the file's path and URL.
+    try:
+        load_timm_weights(model, pretrained.state)
+    except CheckpointMismatchError as error:
         if pretrained.downloaded:
             os.remove(pretrained.path)
             action = (
@@ -101,9 +104,8 @@ def _load_pretrained(model, pretrained):
         raise ValueError(
             f"The weights file {pretrained.path} (from {pretrained.url}) does "
             f"not match model {model.name!r}: its tensors are those of another "
-            f"architecture. {action}" + listing
-        )
-    load_timm_weights(model, pretrained.state)
+            f"architecture. {action}" + error.listing
+        ) from None
 
 
 # --- Keras weight files: checked against the model before loading ------------

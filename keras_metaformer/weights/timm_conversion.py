@@ -45,6 +45,14 @@ class CheckpointReadError(ValueError):
     """A checkpoint file could not be read: corrupt, truncated or unknown."""
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the model; `listing` says where."""
+
+    def __init__(self, message, listing):
+        super().__init__(message + listing)
+        self.listing = listing
+
+
 def _as_array(key, value):
     """`value` as a numeric NumPy array, or a `ValueError` naming `key`."""
     try:
@@ -269,8 +277,8 @@ def load_timm_weights(model, source):
 
     Raises:
         ValueError: listing missing keys, unexpected keys and shape
-            mismatches, or naming a file that cannot be read or an entry
-            that is not an array of numbers.
+            mismatches (a `CheckpointMismatchError`), or naming a file that
+            cannot be read or an entry that is not an array of numbers.
         TypeError: if `source` is neither a path nor a mapping.
 
     Example:
@@ -279,11 +287,12 @@ def load_timm_weights(model, source):
     >>> import keras_metaformer
     >>> model = keras_metaformer.PoolFormerS12(weights=None)
     >>> # With timm's file: load_timm_weights(model, "model.safetensors").
-    >>> # An incomplete checkpoint is refused and changes nothing:
-    >>> load_timm_weights(model, {"stem.conv.weight": np.ones((64, 3, 7, 7))})
-    Traceback (most recent call last):
-    ...
-    ValueError: Cannot load the checkpoint into model 'poolformer_s12': ...
+    >>> # An incomplete checkpoint is refused (a ValueError) and changes nothing:
+    >>> try:
+    ...     load_timm_weights(model, {"stem.conv.weight": np.ones((64, 3, 7, 7))})
+    ... except ValueError as error:
+    ...     print(error)
+    Cannot load the checkpoint into model 'poolformer_s12': ...
     Missing from the checkpoint (131):
       head.fc.bias
     ...
@@ -291,21 +300,16 @@ def load_timm_weights(model, source):
     state = read_checkpoint(source)
     targets, values, listing = _match(model, state)
     if listing:
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"Cannot load the checkpoint into model {model.name!r}: it does "
             "not match the architecture, so no weight was changed. Check that "
             "the checkpoint is for the same variant, and pass "
-            "`include_top=False` to load a checkpoint whose head differs." + listing
+            "`include_top=False` to load a checkpoint whose head differs.",
+            listing,
         )
     for key, variable in targets.items():
         variable.assign(values[key].astype(variable.dtype))
     return model
-
-
-def checkpoint_mismatch(model, state):
-    """Where the checkpoint `{key: array}` differs from `model`, as the lines
-    of `load_timm_weights`' error; `""` when it fits."""
-    return _match(model, state)[2]
 
 
 def _match(model, state):
