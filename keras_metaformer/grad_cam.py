@@ -99,13 +99,13 @@ def grad_cam(model, images, class_index=None, layer_name=None):
             f"`layer_name` must name a layer of model {model.name!r}, such as its stages' last "
             f"blocks {sorted(pyramid_layer_names(model).values())}. Received: layer_name={layer_name!r}"
         )
+    images = ops.convert_to_tensor(images, "float32")
+    if class_index is not None:
+        class_index = _checked_class_index(class_index, images.shape[0], model.output_shape[-1])
     features_model, head = _split_at(model, layer_name)
-    features = features_model(ops.convert_to_tensor(images, "float32"))
-    predictions = head(features)
+    features = features_model(images)
     if class_index is None:
-        class_index = ops.argmax(predictions, axis=-1)
-    else:
-        class_index = _checked_class_index(class_index, ops.shape(features)[0], predictions.shape[-1])
+        class_index = ops.argmax(head(features), axis=-1)
     class_index = ops.cast(class_index, "int32")
     gradients = _gradient(head, features, class_index)
     channel_weights = ops.mean(gradients, axis=(1, 2), keepdims=True)
