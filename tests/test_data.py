@@ -287,14 +287,34 @@ def test_modes_tensorflow_does_not_read_follow_the_same_rules(tmp_path):
     np.testing.assert_array_equal(pil_to_rgb(with_alpha), np.asarray(with_alpha.convert("RGBA"))[..., :3])
 
 
-def test_a_corrupt_image_body_is_named_by_the_pipeline(tmp_path):
+@pytest.mark.parametrize(
+    "corrupt, named",
+    [
+        (["b/1.png"], r"b/1\.png"),  # in the middle
+        (["a/0.jpg"], r"a/0\.jpg"),  # first
+        (["b/2.jpg"], r"b/2\.jpg"),  # last
+        (["a/1.png", "a/2.jpg"], r"a/(1\.png|2\.jpg)"),  # two in a row
+    ],
+)
+def test_a_corrupt_image_body_is_named_by_the_pipeline(tmp_path, corrupt, named):
     root = _write_folder(tmp_path, {"a": 3, "b": 3})
-    whole = (root / "b" / "1.png").read_bytes()
-    (root / "b" / "1.png").write_bytes(whole[: len(whole) // 2])  # a valid header, half a body
+    for name in corrupt:
+        whole = (root / name).read_bytes()
+        (root / name).write_bytes(whole[: len(whole) // 2])  # a valid header, half a body
     for training in (False, True):
         dataset = data.from_directory(str(root), training=training, image_size=32, batch_size=2, seed=0)
-        with pytest.raises(tf.errors.InvalidArgumentError, match=r"Cannot decode the image file .*b/1\.png"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"Cannot decode the image file .*" + named):
             _batches(dataset)
+
+
+def test_naming_corrupt_files_keeps_every_image_in_order(tmp_path):
+    root = _write_folder(tmp_path, {"a": 3, "b": 4})
+    dataset = data.from_directory(str(root), training=False, image_size=32, batch_size=3, crop_pct=1.0)
+    plain = data.from_directory(str(root), training=False, image_size=32, batch_size=3, crop_pct=1.0,
+                                on_corrupt="skip")
+    for (images, labels), (expected_images, expected_labels) in zip(_batches(dataset), _batches(plain), strict=True):
+        np.testing.assert_array_equal(images, expected_images)
+        np.testing.assert_array_equal(labels, expected_labels)
 
 
 def test_folder_symlinks_never_count_an_image_twice(tmp_path):

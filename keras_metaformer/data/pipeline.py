@@ -108,24 +108,52 @@ def build_pipeline(
 def _map_naming_failures(examples, transform, path_of):
     """`examples.map(transform)`, where an example that fails names its file.
 
-    A failing op cannot be caught inside a TensorFlow graph, so each example
-    is tried in a dataset of its own with errors ignored; when that comes
-    out empty, an assertion fails with a message naming the file instead.
+    A failing op cannot be caught inside a TensorFlow graph, so failing
+    examples are dropped (`ignore_errors`) and the gap each leaves is found
+    afterwards: every example carries its position and the path of the one
+    before it, so the first to arrive after a gap names a file that failed.
+    A sentinel after the last example, which skips the transform, finds a
+    failure at the end. All of this is a few scalar ops per example: trying
+    each example in a dataset of its own cost up to 1.8x the evaluation
+    pipeline's time.
     """
-
-    def fail(*example):
-        advice = " (truncated or corrupt). Remove or replace it, or pass on_corrupt='skip' to leave such files out."
-        message = tf.strings.join(["Cannot decode the image file ", path_of(*example), advice])
-        with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
-            return tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), output_spec)
-
-    def one(*example):
-        attempt = tf.data.Dataset.from_tensors(example).map(transform).ignore_errors()
-        failure = tf.data.Dataset.from_tensors(example).map(fail)
-        return attempt.concatenate(failure).take(1)
-
     output_spec = examples.take(0).map(transform).element_spec
-    return examples.interleave(one, num_parallel_calls=AUTOTUNE, deterministic=True)
+    is_last = tf.data.Dataset.from_tensors(False).repeat()
+    sentinel = tf.data.Dataset.from_tensors((True, tf.nest.map_structure(_zeros, examples.element_spec)))
+    flagged = tf.data.Dataset.zip(is_last, examples).concatenate(sentinel)
+
+    def number(state, element):
+        position, previous = state
+        last, example = element
+        return (position + 1, path_of(*example)), (position, previous, last, example)
+
+    def apply(position, previous, last, example):
+        output = tf.cond(last, lambda: tf.nest.map_structure(_zeros, output_spec), lambda: transform(*example))
+        return position, previous, last, output
+
+    def check(expected, element):
+        position, previous, last, output = element
+        message = tf.strings.join(["Cannot decode the image file ", previous, _DECODE_ADVICE])
+        with tf.control_dependencies([tf.debugging.Assert(tf.equal(position, expected), [message])]):
+            return position + 1, (tf.identity(last), output)
+
+    def not_last(last, output):
+        return tf.logical_not(last)
+
+    def output_of(last, output):
+        return output
+
+    start = (tf.constant(0, tf.int64), tf.constant(""))
+    dataset = flagged.scan(start, number).map(apply, num_parallel_calls=AUTOTUNE).ignore_errors()
+    dataset = dataset.scan(tf.constant(0, tf.int64), check)
+    return dataset.filter(not_last).map(output_of)
+
+
+_DECODE_ADVICE = " (truncated or corrupt). Remove or replace it, or pass on_corrupt='skip' to leave such files out."
+
+
+def _zeros(spec):
+    return tf.zeros([0 if size is None else size for size in spec.shape], spec.dtype)
 
 
 def check_num_classes(model, dataset):
