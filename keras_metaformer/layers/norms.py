@@ -86,11 +86,14 @@ def get_norm(norm, epsilon, name=None, center=True, dtype=None):
         return keras.layers.LayerNormalization(
             epsilon=epsilon, center=center, name=name, dtype=dtype
         )
-    if norm == "batch":
-        return keras.layers.BatchNormalization(
-            epsilon=epsilon, center=center, name=name, dtype=dtype
+    check_norm(norm)
+    return keras.layers.BatchNormalization(epsilon=epsilon, center=center, name=name, dtype=dtype)
+
+
+def check_norm(norm):
+    """Raises a `ValueError` listing the valid names unless `norm` is one."""
+    if norm not in NORMS:
+        raise ValueError(
+            f"Unknown norm {norm!r}. Expected one of {list(NORMS)}: 'group' "
+            "(GroupNorm with one group, PoolFormer's default), 'layer' or 'batch'."
         )
-    raise ValueError(
-        f"Unknown norm {norm!r}. Expected one of {list(NORMS)}: 'group' "
-        "(GroupNorm with one group, PoolFormer's default), 'layer' or 'batch'."
-    )

@@ -48,10 +48,15 @@ def get_token_mixer(identifier, name=None, **options):
     """
     if isinstance(identifier, dict):
         return keras.saving.deserialize_keras_object(identifier)
-    if identifier not in _TOKEN_MIXERS:
+    check_token_mixer(identifier)
+    return _TOKEN_MIXERS[identifier](name=name, **options)
+
+
+def check_token_mixer(identifier):
+    """Raises a `ValueError` listing the registered names unless `identifier` is one."""
+    if not (isinstance(identifier, str) and identifier in _TOKEN_MIXERS):
         raise ValueError(
             f"Unknown token mixer {identifier!r}. Expected one of "
             f"{token_mixer_names()}, a Keras layer instance, or the name of a "
             "layer class registered with `register_token_mixer`."
         )
-    return _TOKEN_MIXERS[identifier](name=name, **options)

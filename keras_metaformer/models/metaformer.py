@@ -8,13 +8,13 @@ from keras_metaformer.arguments import check_int_sequence
 from keras_metaformer.arguments import check_optional_float
 from keras_metaformer.arguments import check_positive
 from keras_metaformer.arguments import check_rate
-from keras_metaformer.layers import NORMS
 from keras_metaformer.layers import MetaFormerBlock
 from keras_metaformer.layers import MlpHead
 from keras_metaformer.layers import PatchEmbedding
 from keras_metaformer.layers import ToRGB
-from keras_metaformer.layers import token_mixer_names
 from keras_metaformer.layers.activations import check_activation
+from keras_metaformer.layers.norms import check_norm
+from keras_metaformer.layers.token_mixers import check_token_mixer
 from keras_metaformer.weights.pretrained_configs import IMAGENET_MEAN
 from keras_metaformer.weights.pretrained_configs import IMAGENET_STD
 from keras_metaformer.weights.pretrained_configs import PretrainedConfig
@@ -149,12 +149,6 @@ def per_stage(name, value, num_stages):
     return list(value)
 
 
-def _check_names(argument, values, valid):
-    for value in values:
-        if value not in valid:
-            raise ValueError(f"Unknown {argument} {value!r}. Expected one of {list(valid)}.")
-
-
 def _check_arguments(depths, dims, pooling, head):
     """Returns `depths` and `dims` as tuples of ints, after checking them
     and the other arguments that need no stage count."""
@@ -286,9 +280,11 @@ def build_metaformer(
     depths, dims = _check_arguments(depths, dims, pooling, head)
     num_stages = len(depths)
     token_mixers = per_stage("token_mixers", token_mixers, num_stages)
-    _check_names("token mixer", token_mixers, token_mixer_names())
+    for mixer in token_mixers:
+        check_token_mixer(mixer)
     norms = per_stage("norm", norm, num_stages)
-    _check_names("norm", norms, NORMS)
+    for name in norms:
+        check_norm(name)
     layer_scales = [
         check_optional_float("layer_scale_init_value", value)
         for value in per_stage("layer_scale_init_value", layer_scale_init_value, num_stages)
