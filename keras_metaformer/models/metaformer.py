@@ -283,8 +283,8 @@ def build_metaformer(
     for mixer in token_mixers:
         check_token_mixer(mixer)
     norms = per_stage("norm", norm, num_stages)
-    for name in norms:
-        check_norm(name)
+    for stage_norm in norms:
+        check_norm(stage_norm)
     layer_scales = [
         check_optional_float("layer_scale_init_value", value)
         for value in per_stage("layer_scale_init_value", layer_scale_init_value, num_stages)
