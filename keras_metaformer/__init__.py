@@ -30,9 +30,8 @@ from keras_metaformer.layers import RandomMixer
 from keras_metaformer.layers import SepConvMixer
 from keras_metaformer.layers import StarReLU
 from keras_metaformer.layers import ToRGB
+from keras_metaformer.macs import count_macs
 from keras_metaformer.models import BUILDERS
-from keras_metaformer.models import MetaFormer
-from keras_metaformer.models import pyramid_outputs
 from keras_metaformer.models import CAFormerB36
 from keras_metaformer.models import CAFormerM36
 from keras_metaformer.models import CAFormerS18
@@ -46,6 +45,7 @@ from keras_metaformer.models import IdentityFormerM48
 from keras_metaformer.models import IdentityFormerS12
 from keras_metaformer.models import IdentityFormerS24
 from keras_metaformer.models import IdentityFormerS36
+from keras_metaformer.models import MetaFormer
 from keras_metaformer.models import PoolFormerM36
 from keras_metaformer.models import PoolFormerM48
 from keras_metaformer.models import PoolFormerS12
@@ -61,7 +61,7 @@ from keras_metaformer.models import RandFormerM48
 from keras_metaformer.models import RandFormerS12
 from keras_metaformer.models import RandFormerS24
 from keras_metaformer.models import RandFormerS36
-from keras_metaformer.macs import count_macs
+from keras_metaformer.models import pyramid_outputs
 from keras_metaformer.preprocessing import load_image
 from keras_metaformer.preprocessing import resize_and_center_crop
 from keras_metaformer.weights import PretrainedConfig
@@ -72,8 +72,8 @@ from keras_metaformer.weights import load_timm_weights
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttentionMixer",
     "BUILDERS",
+    "AttentionMixer",
     "CAFormerB36",
     "CAFormerM36",
     "CAFormerS18",
@@ -107,7 +107,6 @@ __all__ = [
     "PoolFormerV2S36",
     "PoolMixer",
     "PretrainedConfig",
-    "pyramid_outputs",
     "RandFormerM36",
     "RandFormerM48",
     "RandFormerS12",
@@ -125,6 +124,7 @@ __all__ = [
     "layers",
     "load_image",
     "load_timm_weights",
+    "pyramid_outputs",
     "resize_and_center_crop",
     "weights",
 ]

@@ -18,7 +18,6 @@ import numpy as np
 from keras_metaformer.export.saved_model import outputs_logits
 from keras_metaformer.export.saved_model import preprocessing_config
 
-
 # The smallest input the four stride-2 stages take (MetaFormer's MIN_INPUT_SIZE).
 MIN_IMAGE_SIZE = 32
 # Set to show the full traceback of an unexpected error (as --verbose does).
@@ -57,9 +56,7 @@ def load_model(spec, weights="imagenet", image_size=None):
         return _load_model_file(spec)
     builders = _architectures()
     if spec not in builders:
-        raise CommandError(
-            f"unknown model {spec!r}: expected a .keras file or one of: {', '.join(sorted(builders))}."
-        )
+        raise CommandError(f"unknown model {spec!r}: expected a .keras file or one of: {', '.join(sorted(builders))}.")
     kwargs = {"input_shape": (image_size, image_size, 3)} if image_size else {}
     weights = None if weights == "none" else weights
     try:
@@ -197,8 +194,7 @@ def export_command(args):
             path = export.export_saved_model(model, args.output, version=args.version, class_names=class_names)
         else:
             calibration = _calibration_images(args, model) if args.quantize == "int8" else None
-            path = export.export_tflite(model, args.output, quantize=args.quantize,
-                                        representative_images=calibration)
+            path = export.export_tflite(model, args.output, quantize=args.quantize, representative_images=calibration)
     except (ValueError, FileExistsError) as error:
         raise CommandError(str(error)) from error
     print(f"Wrote {path}")
@@ -211,8 +207,13 @@ def _calibration_images(args, model):
 
     size = model.input_shape[1]
     try:
-        return data.from_directory(args.calibration_dir, training=False, image_size=size,
-                                   crop_pct=preprocessing_config(model).crop_pct, batch_size=32)
+        return data.from_directory(
+            args.calibration_dir,
+            training=False,
+            image_size=size,
+            crop_pct=preprocessing_config(model).crop_pct,
+            batch_size=32,
+        )
     except (ValueError, FileNotFoundError) as error:
         raise CommandError(str(error)) from error
 
@@ -230,8 +231,10 @@ def convert(args):
     except ValueError as error:  # unreadable file, missing or mismatched keys
         raise CommandError(str(error)) from error
     model.save_weights(args.output)
-    print(f"Wrote {args.output}: {len(model.weights)} tensors of {args.model}. "
-          f"Load with keras_metaformer.BUILDERS[{args.model!r}](weights={args.output!r}).")
+    print(
+        f"Wrote {args.output}: {len(model.weights)} tensors of {args.model}. "
+        f"Load with keras_metaformer.BUILDERS[{args.model!r}](weights={args.output!r})."
+    )
 
 
 def info(args):
@@ -248,24 +251,34 @@ def info(args):
     tags = available_weights(args.model) if args.model in _architectures() else []
     print(f"weight tags:    {', '.join(tags) if tags else 'none published'}")
     print(f"preprocessing:  RGB [0, 255] in, normalised inside the model (mean {config.mean}, std {config.std});")
-    print(f"                evaluation: shorter side to floor({size} / {config.crop_pct}) = "
-          f"{int(size // config.crop_pct)}, {config.interpolation}, centre crop {size}x{size}")
+    print(
+        f"                evaluation: shorter side to floor({size} / {config.crop_pct}) = "
+        f"{int(size // config.crop_pct)}, {config.interpolation}, centre crop {size}x{size}"
+    )
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="keras-metaformer", description=__doc__.split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 1)[1],
+        prog="keras-metaformer",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 1)[1],
     )
-    parser.add_argument("--verbose", action="store_true",
-                        help=f"show the traceback of an unexpected error (or set {TRACEBACK_VARIABLE}=1)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help=f"show the traceback of an unexpected error (or set {TRACEBACK_VARIABLE}=1)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def model_arguments(command, weights=True):
         command.add_argument("model", help="an architecture (e.g. poolformer_s12) or a .keras file")
         if weights:
-            command.add_argument("--weights", default="imagenet",
-                                 help="for an architecture: imagenet, a weight tag, none, or a weights file")
+            command.add_argument(
+                "--weights",
+                default="imagenet",
+                help="for an architecture: imagenet, a weight tag, none, or a weights file",
+            )
 
     command = commands.add_parser("predict", help="top-5 classes of images")
     command.add_argument("images", nargs="+", metavar="IMAGE")
@@ -309,8 +322,10 @@ def main(argv=None):
     except Exception as error:  # anything else: one line, unless a traceback is asked for
         if args.verbose or os.environ.get(TRACEBACK_VARIABLE):
             raise
-        message = (f"{type(error).__name__}: {_one_line(error)} (run with --verbose, or set "
-                   f"{TRACEBACK_VARIABLE}=1, for the traceback)")
+        message = (
+            f"{type(error).__name__}: {_one_line(error)} (run with --verbose, or set "
+            f"{TRACEBACK_VARIABLE}=1, for the traceback)"
+        )
     else:
         return 0
     print(f"keras-metaformer {args.command}: error: {_one_line(message)}", file=sys.stderr)
@@ -323,8 +338,7 @@ def _missing_extra(error):
     if "pip install" in str(error):  # our own messages already say it
         return _one_line(error)
     if module in EXTRAS:
-        return (f"this command needs the {module!r} module, which is not installed: "
-                f"`pip install \"{EXTRAS[module]}\"`.")
+        return f'this command needs the {module!r} module, which is not installed: `pip install "{EXTRAS[module]}"`.'
     return f"ImportError: {_one_line(error)}"
 
 

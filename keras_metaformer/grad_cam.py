@@ -25,6 +25,7 @@ def _split_at(model, layer_name):
 
 def _gradient(head, features, class_index):
     """d head(features)[:, class_index] / d features, per backend."""
+
     def score(f):
         return ops.sum(ops.take_along_axis(head(f), class_index[:, None], axis=1))
 
@@ -54,8 +55,7 @@ def _checked_class_index(class_index, batch, classes):
     indices = np.asarray(class_index)
     if indices.dtype.kind not in "iu" or indices.ndim > 1 or indices.size not in (1, batch):
         raise ValueError(
-            f"`class_index` must be an int or {batch} ints, one per image. "
-            f"Received: class_index={class_index!r}"
+            f"`class_index` must be an int or {batch} ints, one per image. Received: class_index={class_index!r}"
         )
     if indices.min() < 0 or indices.max() >= classes:
         raise ValueError(

@@ -10,7 +10,7 @@ from keras_metaformer.arguments import check_int
 _CLASSES_FILE = os.path.join(os.path.dirname(__file__), "assets", "imagenet_classes.tsv")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def imagenet_classes():
     """Returns the 1,000 `(synset, names)` pairs in class-index order.
 

@@ -41,10 +41,7 @@ def resize_and_center_crop(image, config):
         config = get_pretrained_config(config)
     image = ops.convert_to_tensor(image, dtype="float32")
     if len(image.shape) != 3:
-        raise ValueError(
-            "Expected one image of shape (height, width, channels). "
-            f"Received shape {tuple(image.shape)}."
-        )
+        raise ValueError(f"Expected one image of shape (height, width, channels). Received shape {tuple(image.shape)}.")
     height, width = image.shape[0], image.shape[1]
     short = config.resize_size
     # Like torchvision's Resize(int): the longer side is truncated.

@@ -62,8 +62,15 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = ("poolformer_s12", "poolformer_s24", "poolformer_s36", "poolformer_m36", "poolformer_m48",
-          "convformer_s18", "caformer_s18")
+MODELS = (
+    "poolformer_s12",
+    "poolformer_s24",
+    "poolformer_s36",
+    "poolformer_m36",
+    "poolformer_m48",
+    "convformer_s18",
+    "caformer_s18",
+)
 ENGINES = ("tf", "tf-frozen", "tf-saved-model", "tf-xla", "jax", "tflite", "timm", "timm-compile")
 # Engines measured for inference only.
 INFERENCE_ONLY = ("tf-frozen", "tf-saved-model", "tflite")
@@ -97,9 +104,11 @@ def describe_cpu(cpuinfo="/proc/cpuinfo"):
     flags = set(fields.get("flags", "").split())
     have = [name for flag, name in CPU_FEATURES if flag in flags]
     lack = [name for flag, name in CPU_FEATURES if flag not in flags]
-    return (f"CPU: {fields.get('model name', platform.machine())}, {count} logical CPUs; "
-            f"with {', '.join(have) or 'none of ' + ', '.join(lack)}"
-            + (f"; without {', '.join(lack)}" if have and lack else ""))
+    return (
+        f"CPU: {fields.get('model name', platform.machine())}, {count} logical CPUs; "
+        f"with {', '.join(have) or 'none of ' + ', '.join(lack)}"
+        + (f"; without {', '.join(lack)}" if have and lack else "")
+    )
 
 
 def timed(step, warmup, repeats):
@@ -133,9 +142,11 @@ def keras_worker(engine, arch, precision, options):
     if precision == "bfloat16":
         keras.config.set_dtype_policy("mixed_bfloat16")
     size = options.image_size
-    model = keras_metaformer.BUILDERS[arch](weights=None, input_shape=(size, size, 3)) if arch in \
-        keras_metaformer.BUILDERS else keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), weights=None,
-                                                                   input_shape=(size, size, 3))
+    model = (
+        keras_metaformer.BUILDERS[arch](weights=None, input_shape=(size, size, 3))
+        if arch in keras_metaformer.BUILDERS
+        else keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), weights=None, input_shape=(size, size, 3))
+    )
     rng = np.random.default_rng(0)
     for weight in model.weights:
         if len(weight.shape) == 1 and "float" in weight.dtype:
@@ -176,8 +187,7 @@ def keras_worker(engine, arch, precision, options):
     if engine in INFERENCE_ONLY:
         return result
     labels = np.eye(model.output_shape[-1], dtype="float32")[rng.integers(0, model.output_shape[-1], options.batch)]
-    model.compile(keras.optimizers.AdamW(1e-3), keras.losses.CategoricalCrossentropy(),
-                  jit_compile=engine != "tf")
+    model.compile(keras.optimizers.AdamW(1e-3), keras.losses.CategoricalCrossentropy(), jit_compile=engine != "tf")
     x = images[options.batch]
     step = lambda: model.train_on_batch(x, labels)  # noqa: E731
     result["train_throughput"] = options.batch / timed(step, options.warmup, options.repeats)
@@ -233,8 +243,10 @@ def timm_worker(engine, arch, precision, options):
     model = timm.create_model(arch if arch in MODELS else "poolformer_s12", pretrained=False)
     model = model.to(device, memory_format=torch.channels_last)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bfloat16")
-    images = {b: torch.rand(b, 3, size, size).mul(255).to(device, memory_format=torch.channels_last)
-              for b in (1, options.batch)}
+    images = {
+        b: torch.rand(b, 3, size, size).mul(255).to(device, memory_format=torch.channels_last)
+        for b in (1, options.batch)
+    }
     runner = torch.compile(model) if engine == "timm-compile" else model
 
     def infer(x):
@@ -242,6 +254,7 @@ def timm_worker(engine, arch, precision, options):
             with torch.inference_mode(), autocast:
                 runner(x)
             synchronize()
+
         return step
 
     model.eval()
@@ -282,9 +295,18 @@ def worker(options):
 
 def measure(engine, arch, precision, options):
     python = options.torch_python if engine.startswith("timm") else sys.executable
-    command = [python, os.path.abspath(__file__), "--worker", engine, arch, precision,
-               *[f"--{name.replace('_', '-')}={getattr(options, name)}"
-                 for name in ("batch", "warmup", "repeats", "threads", "image_size", "device")]]
+    command = [
+        python,
+        os.path.abspath(__file__),
+        "--worker",
+        engine,
+        arch,
+        precision,
+        *[
+            f"--{name.replace('_', '-')}={getattr(options, name)}"
+            for name in ("batch", "warmup", "repeats", "threads", "image_size", "device")
+        ],
+    ]
     environment = dict(os.environ, OMP_NUM_THREADS=str(options.threads), TF_CPP_MIN_LOG_LEVEL="2")
     if options.device == "cpu":  # keep every engine off a GPU the machine may have
         environment.update(CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
@@ -293,15 +315,17 @@ def measure(engine, arch, precision, options):
     result = subprocess.run(command, capture_output=True, text=True, env=environment)
     for line in result.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
     print(f"  {engine} {arch} {precision}: failed ({reason[:200]})", file=sys.stderr)
     return None
 
 
 def has_timm(python):
-    code = (f"import sys; sys.path.insert(0, {os.path.join(REPO, 'tests', 'reference')!r}); "
-            "from make_timm_fixtures import import_timm; import_timm()")
+    code = (
+        f"import sys; sys.path.insert(0, {os.path.join(REPO, 'tests', 'reference')!r}); "
+        "from make_timm_fixtures import import_timm; import_timm()"
+    )
     return subprocess.run([python, "-c", code], capture_output=True).returncode == 0
 
 
@@ -343,7 +367,8 @@ def table(results, batch):
                 f"{latency:.1f}{ratio(latency, infer_base.get('latency_ms'), lower_is_better=True)}",
                 f"{row['throughput']:.1f}{ratio(row['throughput'], infer_base.get('throughput'))}",
                 f"{row['train_throughput']:.1f}{ratio(row['train_throughput'], train_base.get('train_throughput'))}"
-                if "train_throughput" in row else "",
+                if "train_throughput" in row
+                else "",
                 f"{row['peak_mib']:.0f}",
             ]
             lines.append(f"| {arch} | {precision} | {engine} | " + " | ".join(cells) + " |")
@@ -382,11 +407,19 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="timed batches (x4 at batch 1)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="measure every engine this many times, alternating the order; report the best")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every engine this many times, alternating the order; report the best",
+    )
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--malloc", choices=("system", "retain"), default="system",
-                        help="glibc malloc as configured, or keeping freed memory, for every engine")
+    parser.add_argument(
+        "--malloc",
+        choices=("system", "retain"),
+        default="system",
+        help="glibc malloc as configured, or keeping freed memory, for every engine",
+    )
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--output", default="benchmark_output")
     parser.add_argument("--smoke", action="store_true", help="a tiny model at 32x32, one repeat (CI)")
@@ -404,9 +437,13 @@ def main(argv=None):
         print(f"timm: not run ({options.torch_python} cannot import torch and timm; see --torch-python)")
         engines = [e for e in engines if not e.startswith("timm")]
     # LiteRT has no bfloat16 kernels, and runs on the CPU.
-    jobs = [(arch, precision, engine) for arch in options.models.split(",")
-            for precision in options.precisions.split(",") for engine in engines
-            if engine != "tflite" or (precision == "float32" and options.device == "cpu")]
+    jobs = [
+        (arch, precision, engine)
+        for arch in options.models.split(",")
+        for precision in options.precisions.split(",")
+        for engine in engines
+        if engine != "tflite" or (precision == "float32" and options.device == "cpu")
+    ]
     results = {}
     for arch, precision, engine in jobs:
         results.setdefault((arch, precision), {})[engine] = None
@@ -414,8 +451,11 @@ def main(argv=None):
         # Every other round runs in reverse order, so that a slow spell of the
         # host does not fall on the same engines each time.
         for arch, precision, engine in jobs[::-1] if round_index % 2 else jobs:
-            print(f"  round {round_index + 1}/{options.rounds}: {arch} {precision} {engine} ...",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  round {round_index + 1}/{options.rounds}: {arch} {precision} {engine} ...",
+                file=sys.stderr,
+                flush=True,
+            )
             result = measure(engine, arch, precision, options)
             print(f"    {result}", file=sys.stderr, flush=True)
             rows = results[(arch, precision)]

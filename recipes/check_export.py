@@ -22,15 +22,17 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import keras_metaformer  # noqa: E402,F401  (registers the layers the file refers to)
-from finetune import digits  # noqa: E402
-from keras_metaformer import data  # noqa: E402
-from keras_metaformer import export  # noqa: E402
+from finetune import digits
+
+import keras_metaformer  # noqa: F401  (registers the layers the file refers to)
+from keras_metaformer import data
+from keras_metaformer import export
 
 
 def evaluation_images(images, labels, image_size, crop_pct):
-    dataset = data.from_arrays(images, labels, training=False, image_size=image_size,
-                               crop_pct=crop_pct, batch_size=64, num_classes=10)
+    dataset = data.from_arrays(
+        images, labels, training=False, image_size=image_size, crop_pct=crop_pct, batch_size=64, num_classes=10
+    )
     return np.concatenate([batch for batch, _ in dataset.as_numpy_iterator()])
 
 
@@ -52,8 +54,10 @@ def main(argv=None):
     calibration = evaluation_images(train_x[:200], train_y[:200], size, args.crop_pct)
     reference = np.asarray(keras.ops.softmax(model.predict(images, verbose=0)))
     top1 = reference.argmax(-1)
-    print(f"{model.name}: {model.count_params():,} parameters, {len(images)} validation digits "
-          f"at {size}x{size}; Keras top-1 accuracy {np.mean(top1 == val_y):.2%}\n")
+    print(
+        f"{model.name}: {model.count_params():,} parameters, {len(images)} validation digits "
+        f"at {size}x{size}; Keras top-1 accuracy {np.mean(top1 == val_y):.2%}\n"
+    )
     print("| export | size | max abs. difference | top-1 agreement |")
     print("|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as scratch:
@@ -64,13 +68,15 @@ def main(argv=None):
         outputs = serve(images=tf.constant(images))["probabilities"].numpy()
         rows = [("SavedModel", directory_size(version), outputs)]
         for quantize in export.QUANTIZATIONS:
-            path = export.export_tflite(model, os.path.join(scratch, f"{quantize}.tflite"), quantize=quantize,
-                                        representative_images=calibration)
+            path = export.export_tflite(
+                model, os.path.join(scratch, f"{quantize}.tflite"), quantize=quantize, representative_images=calibration
+            )
             rows.append((f"TFLite {quantize}", os.path.getsize(path), export.run_tflite(path, images)))
         for name, size_bytes, outputs in rows:
             agreement = np.mean(outputs.argmax(-1) == top1)
-            print(f"| {name} | {size_bytes / 2**20:.1f} MiB | {np.abs(outputs - reference).max():.2e} | "
-                  f"{agreement:.2%} |")
+            print(
+                f"| {name} | {size_bytes / 2**20:.1f} MiB | {np.abs(outputs - reference).max():.2e} | {agreement:.2%} |"
+            )
 
 
 if __name__ == "__main__":

@@ -77,8 +77,9 @@ def use_full_float32():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("directory", help="output directory of make_timm_fixtures.py --full")
-    parser.add_argument("--tf32", action="store_true",
-                        help="keep the backend's default, TensorFloat-32 on recent NVIDIA GPUs")
+    parser.add_argument(
+        "--tf32", action="store_true", help="keep the backend's default, TensorFloat-32 on recent NVIDIA GPUs"
+    )
     args = parser.parse_args(argv)
     references = sorted(f for f in os.listdir(args.directory) if f.endswith("_io.npz"))
     if not references:

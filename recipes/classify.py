@@ -18,9 +18,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import keras_metaformer  # noqa: E402
-from keras_metaformer.models import POOLFORMER_BUILDERS  # noqa: E402
-from training_setup import pretrained_or_random  # noqa: E402
+from training_setup import pretrained_or_random
+
+import keras_metaformer
+from keras_metaformer.models import POOLFORMER_BUILDERS
 
 VARIANTS = POOLFORMER_BUILDERS
 

@@ -28,7 +28,7 @@ def to_numpy_state(checkpoint):
             break
     state = {}
     for key, value in checkpoint.items():
-        key = key[len("module."):] if key.startswith("module.") else key  # DataParallel
+        key = key[len("module.") :] if key.startswith("module.") else key  # DataParallel
         state[key] = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
     return state
 

@@ -17,14 +17,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import keras  # noqa: E402
-import keras_cv  # noqa: E402
+import keras
+import keras_cv
+from synthetic_shapes import CLASS_NAMES
+from synthetic_shapes import make_shapes
+from training_setup import pretrained_or_random
 
-import keras_metaformer  # noqa: E402
-from keras_metaformer.keras_cv_backbone import KerasCVBackbone  # noqa: E402
-from synthetic_shapes import CLASS_NAMES  # noqa: E402
-from synthetic_shapes import make_shapes  # noqa: E402
-from training_setup import pretrained_or_random  # noqa: E402
+import keras_metaformer
+from keras_metaformer.keras_cv_backbone import KerasCVBackbone
 
 
 def build_backbone(arch, weights, smoke, input_shape=(None, None, 3)):
@@ -72,9 +72,7 @@ def main(argv=None):
         optimizer=keras.optimizers.AdamW(1e-4, weight_decay=0.05),
         jit_compile=False,
     )
-    history = detector.fit(
-        images, {"boxes": boxes, "classes": classes}, batch_size=4, epochs=args.epochs, verbose=2
-    )
+    history = detector.fit(images, {"boxes": boxes, "classes": classes}, batch_size=4, epochs=args.epochs, verbose=2)
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "history.csv"), "w", newline="") as f:
         writer = csv.writer(f)

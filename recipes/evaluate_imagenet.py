@@ -22,10 +22,11 @@ import keras
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import keras_metaformer  # noqa: E402
-from keras_metaformer import data  # noqa: E402
-from keras_metaformer.weights.resolve import resolve_weights  # noqa: E402
-from train_imagenet import mock_imagenet  # noqa: E402
+from train_imagenet import mock_imagenet
+
+import keras_metaformer
+from keras_metaformer import data
+from keras_metaformer.weights.resolve import resolve_weights
 
 
 def main(argv=None):
@@ -60,8 +61,12 @@ def evaluate(model, config, args, manual_dir):
         val = data.from_directory(args.data_dir, training=False, **options)
     else:
         val = data.from_tfds(
-            "imagenet2012", split="validation", training=False,
-            data_dir=args.tfds_data_dir, manual_dir=manual_dir, **options,
+            "imagenet2012",
+            split="validation",
+            training=False,
+            data_dir=args.tfds_data_dir,
+            manual_dir=manual_dir,
+            **options,
         )
     data.check_num_classes(model, val)
     print(f"Evaluating {model.name} at {config.input_size[0]}px, crop_pct {config.crop_pct}")

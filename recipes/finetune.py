@@ -29,18 +29,23 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import keras_metaformer  # noqa: E402
-import training_setup  # noqa: E402
-from keras_metaformer import data  # noqa: E402
-from keras_metaformer.callbacks import ResumableCheckpoint  # noqa: E402
-from keras_metaformer.training import adamw  # noqa: E402
-from keras_metaformer.training import warmup_cosine  # noqa: E402
+import training_setup
+
+import keras_metaformer
+from keras_metaformer import data
+from keras_metaformer.callbacks import ResumableCheckpoint
+from keras_metaformer.training import adamw
+from keras_metaformer.training import warmup_cosine
 
 AUGMENTS = {
     # Digits and small datasets: no flips (a mirrored 2 is not a 2) or mixing.
     "light": data.TrainAugment(
-        crop_scale=(0.6, 1.0), flip=False, rand_augment_magnitude=None,
-        mixup_alpha=0.0, cutmix_alpha=0.0, erasing_prob=0.0,
+        crop_scale=(0.6, 1.0),
+        flip=False,
+        rand_augment_magnitude=None,
+        mixup_alpha=0.0,
+        cutmix_alpha=0.0,
+        erasing_prob=0.0,
     ),
     "authors": data.TrainAugment(),
 }
@@ -83,8 +88,11 @@ def build_classifier(args, num_classes):
     """Backbone plus a new head: average pool, LayerNorm, Dense (logits)."""
     if args.smoke:  # a small MetaFormer, so that CI trains in seconds
         backbone = keras_metaformer.MetaFormer(
-            depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), include_top=False,
-            input_shape=(args.image_size, args.image_size, 3), weights=None,
+            depths=(1, 1, 1, 1),
+            dims=(8, 16, 24, 32),
+            include_top=False,
+            input_shape=(args.image_size, args.image_size, 3),
+            weights=None,
         )
         pretrained = False
     else:
@@ -140,8 +148,10 @@ def main(argv=None):
     if args.smoke:
         args.epochs, args.head_epochs = 2, 1
     if args.image_size < keras_metaformer.models.metaformer.MIN_INPUT_SIZE:
-        parser.error(f"--image-size must be at least {keras_metaformer.models.metaformer.MIN_INPUT_SIZE} "
-                     f"(the network downsamples by 32); received {args.image_size}")
+        parser.error(
+            f"--image-size must be at least {keras_metaformer.models.metaformer.MIN_INPUT_SIZE} "
+            f"(the network downsamples by 32); received {args.image_size}"
+        )
     started = time.time()
     scope = training_setup.configure(args)
     paths = training_setup.output_paths(args.output)
@@ -158,21 +168,41 @@ def main(argv=None):
 
         print(f"\nPhase 1: head only, backbone frozen ({args.head_epochs} epochs)")
         backbone.trainable = False
-        run_phase(model, adamw(model, args.head_lr), train, val, args,
-                  os.path.join(paths["checkpoints"], "phase1"), 0, args.head_epochs, paths["log"])
+        run_phase(
+            model,
+            adamw(model, args.head_lr),
+            train,
+            val,
+            args,
+            os.path.join(paths["checkpoints"], "phase1"),
+            0,
+            args.head_epochs,
+            paths["log"],
+        )
 
         lr = args.lr or (1e-4 if pretrained else 1e-3)
         print(f"\nPhase 2: whole network, peak learning rate {lr:g} ({args.epochs} epochs)")
         backbone.trainable = True
         schedule = warmup_cosine(lr, total_steps=args.epochs * steps, warmup_steps=steps, end=lr / 100)
-        run_phase(model, adamw(model, schedule), train, val, args,
-                  os.path.join(paths["checkpoints"], "phase2"), args.head_epochs, total, paths["log"])
+        run_phase(
+            model,
+            adamw(model, schedule),
+            train,
+            val,
+            args,
+            os.path.join(paths["checkpoints"], "phase2"),
+            args.head_epochs,
+            total,
+            paths["log"],
+        )
 
     model.save(paths["model"])
     training_setup.plot_learning_curves(paths["log"], paths["plot"], boundary=args.head_epochs)
     final = training_setup.read_log(paths["log"])[-1]
-    print(f"\nValidation accuracy: {float(final['val_accuracy']):.2%} after {total} epochs "
-          f"({time.time() - started:.0f} s). Wrote {paths['model']}, {paths['log']}, {paths['plot']}.")
+    print(
+        f"\nValidation accuracy: {float(final['val_accuracy']):.2%} after {total} epochs "
+        f"({time.time() - started:.0f} s). Wrote {paths['model']}, {paths['log']}, {paths['plot']}."
+    )
 
 
 if __name__ == "__main__":

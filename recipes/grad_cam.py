@@ -19,10 +19,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import keras_metaformer  # noqa: E402
-from classify import build_model  # noqa: E402
-from classify import load_image  # noqa: E402
-from keras_metaformer.grad_cam import grad_cam  # noqa: E402
+from classify import build_model
+from classify import load_image
+
+import keras_metaformer
+from keras_metaformer.grad_cam import grad_cam
 
 
 def overlay(image, heatmap, opacity=0.5):

@@ -15,13 +15,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import keras  # noqa: E402
-import keras_cv  # noqa: E402
-
-from detect_shapes import build_backbone  # noqa: E402
-from detect_shapes import parse_arguments  # noqa: E402
-from synthetic_shapes import CLASS_NAMES  # noqa: E402
-from synthetic_shapes import make_shapes  # noqa: E402
+import keras
+import keras_cv
+from detect_shapes import build_backbone
+from detect_shapes import parse_arguments
+from synthetic_shapes import CLASS_NAMES
+from synthetic_shapes import make_shapes
 
 
 def main(argv=None):
@@ -43,9 +42,7 @@ def main(argv=None):
     with open(os.path.join(args.output, "history.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["epoch", "loss", "pixel_accuracy"])
-        writer.writerows(
-            zip(range(1, args.epochs + 1), history.history["loss"], history.history["accuracy"])
-        )
+        writer.writerows(zip(range(1, args.epochs + 1), history.history["loss"], history.history["accuracy"]))
     segmenter.save_weights(os.path.join(args.output, "deeplabv3plus.weights.h5"))
     print(
         f"final loss {history.history['loss'][-1]:.4f}, pixel accuracy "

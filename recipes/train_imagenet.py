@@ -30,14 +30,15 @@ import keras
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import keras_metaformer  # noqa: E402
-import training_setup  # noqa: E402
-from keras_metaformer import data  # noqa: E402
-from keras_metaformer.callbacks import ResumableCheckpoint  # noqa: E402
-from keras_metaformer.models import POOLFORMER_VARIANTS  # noqa: E402
-from keras_metaformer.training import adamw  # noqa: E402
-from keras_metaformer.training import scaled_learning_rate  # noqa: E402
-from keras_metaformer.training import warmup_cosine  # noqa: E402
+import training_setup
+
+import keras_metaformer
+from keras_metaformer import data
+from keras_metaformer.callbacks import ResumableCheckpoint
+from keras_metaformer.models import POOLFORMER_VARIANTS
+from keras_metaformer.training import adamw
+from keras_metaformer.training import scaled_learning_rate
+from keras_metaformer.training import warmup_cosine
 
 
 def parse_arguments(argv):
@@ -70,7 +71,9 @@ def mock_imagenet():
 
 
 def load_datasets(args, manual_dir):
-    options = dict(image_size=args.image_size, batch_size=args.batch_size, seed=args.seed, config=f"poolformer_{args.variant}")
+    options = dict(
+        image_size=args.image_size, batch_size=args.batch_size, seed=args.seed, config=f"poolformer_{args.variant}"
+    )
     if args.data_dir:
         train = data.from_directory(os.path.join(args.data_dir, "train"), training=True, **options)
         val = data.from_directory(os.path.join(args.data_dir, "val"), training=False, **options)
@@ -84,12 +87,18 @@ def load_datasets(args, manual_dir):
 def build_model(args, num_classes):
     if args.smoke:
         return keras_metaformer.MetaFormer(
-            depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), weights=None, drop_path_rate=0.1,
-            input_shape=(args.image_size, args.image_size, 3), classes=num_classes,
+            depths=(1, 1, 1, 1),
+            dims=(8, 16, 24, 32),
+            weights=None,
+            drop_path_rate=0.1,
+            input_shape=(args.image_size, args.image_size, 3),
+            classes=num_classes,
         )
     builder = keras_metaformer.models.POOLFORMER_BUILDERS[args.variant]
     return builder(
-        weights=None, classes=num_classes, input_shape=(args.image_size, args.image_size, 3),
+        weights=None,
+        classes=num_classes,
+        input_shape=(args.image_size, args.image_size, 3),
         drop_path_rate=POOLFORMER_VARIANTS[args.variant].train_drop_path_rate,
     )
 
@@ -106,8 +115,12 @@ def train(args, manual_dir):
         model = build_model(args, train_data.num_classes)
         schedule = warmup_cosine(peak, total_steps=args.epochs * steps, warmup_steps=args.warmup_epochs * steps)
         optimizer = adamw(
-            model, schedule, weight_decay=0.05, use_ema=args.ema is not None,
-            ema_momentum=args.ema or 0.99, gradient_accumulation_steps=args.accumulate if args.accumulate > 1 else None,
+            model,
+            schedule,
+            weight_decay=0.05,
+            use_ema=args.ema is not None,
+            ema_momentum=args.ema or 0.99,
+            gradient_accumulation_steps=args.accumulate if args.accumulate > 1 else None,
         )
         model.compile(
             optimizer=optimizer,
@@ -121,7 +134,10 @@ def train(args, manual_dir):
     checkpoint = ResumableCheckpoint(paths["checkpoints"])
     initial_epoch = checkpoint.restore(model)
     model.fit(
-        train_data, validation_data=val_data, epochs=args.epochs, initial_epoch=initial_epoch,
+        train_data,
+        validation_data=val_data,
+        epochs=args.epochs,
+        initial_epoch=initial_epoch,
         callbacks=[checkpoint, keras.callbacks.CSVLogger(paths["log"], append=True)],
         verbose=1 if sys.stdout.isatty() else 2,
     )

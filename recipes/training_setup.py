@@ -29,9 +29,13 @@ def add_arguments(parser, *, batch_size, epochs):
     parser.add_argument("--jit-compile", action="store_true", help="compile train steps with XLA")
     parser.add_argument("--distribution", choices=DISTRIBUTIONS, default="none")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--malloc", choices=("retain", "system"), default="retain",
-                        help="keep freed memory for reuse (faster steps on a CPU; the process keeps its peak "
-                             "memory), or leave glibc's malloc as configured")
+    parser.add_argument(
+        "--malloc",
+        choices=("retain", "system"),
+        default="retain",
+        help="keep freed memory for reuse (faster steps on a CPU; the process keeps its peak "
+        "memory), or leave glibc's malloc as configured",
+    )
     parser.add_argument("--smoke", action="store_true", help="a few steps on tiny data (CI)")
 
 

@@ -40,7 +40,7 @@ def fixture_path(name):
     return os.path.join(FIXTURES, name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def full_size_model(arch):
     """A full-size model with random weights, built once per process.
 

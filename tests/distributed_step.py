@@ -60,7 +60,11 @@ def main():
     scope = strategy.scope if strategy else contextlib.nullcontext
     with scope():
         model = keras_metaformer.MetaFormer(
-            depths=(1, 1), dims=(8, 16), weights=None, input_shape=(32, 32, 3), classes=4,
+            depths=(1, 1),
+            dims=(8, 16),
+            weights=None,
+            input_shape=(32, 32, 3),
+            classes=4,
             classifier_activation=None,
         )
         model.set_weights([rng.normal(0, 0.2, w.shape).astype("float32") for w in model.get_weights()])
@@ -76,9 +80,7 @@ def main():
         # Multi-worker: every worker reads the same global batches and keeps
         # its share of each (DATA sharding), as a user's pipeline would.
         policy = tf.data.experimental.AutoShardPolicy
-        options.experimental_distribute.auto_shard_policy = (
-            policy.DATA if MODE == "multi-worker" else policy.OFF
-        )
+        options.experimental_distribute.auto_shard_policy = policy.DATA if MODE == "multi-worker" else policy.OFF
         dataset = dataset.with_options(options)
         with scope():
             history = model.fit(dataset, epochs=1, verbose=0)
@@ -86,7 +88,7 @@ def main():
         history = model.fit(images, labels, batch_size=8, epochs=1, shuffle=False, verbose=0)
     task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
     if task.get("index", 0) == 0:
-        np.savez(OUTPUT, loss=history.history["loss"][0], *model.get_weights())
+        np.savez(OUTPUT, *model.get_weights(), loss=history.history["loss"][0])
 
 
 if __name__ == "__main__":

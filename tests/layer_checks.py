@@ -81,6 +81,11 @@ def set_sepconv_weights(mixer, pw1, dw, pw2, act_scale, act_bias):
     """Builds a `SepConvMixer` for `pw1`'s input width and gives it these
     kernels and StarReLU parameters (the order of `numpy_reference.sepconv`)."""
     mixer.build((None, None, None, pw1.shape[0]))
-    for variable, value in [(mixer.pwconv1.kernel, pw1), (mixer.dwconv.kernel, dw), (mixer.pwconv2.kernel, pw2),
-                            (mixer.act1.scale, [act_scale]), (mixer.act1.bias, [act_bias])]:
+    for variable, value in [
+        (mixer.pwconv1.kernel, pw1),
+        (mixer.dwconv.kernel, dw),
+        (mixer.pwconv2.kernel, pw2),
+        (mixer.act1.scale, [act_scale]),
+        (mixer.act1.bias, [act_bias]),
+    ]:
         variable.assign(value)

@@ -34,7 +34,12 @@ def main(directory):
     initial_epoch = checkpoint.restore(model)
     print(f"initial_epoch={initial_epoch}", flush=True)
     model.fit(
-        images, labels, batch_size=BATCH, epochs=EPOCHS, initial_epoch=initial_epoch, verbose=0,
+        images,
+        labels,
+        batch_size=BATCH,
+        epochs=EPOCHS,
+        initial_epoch=initial_epoch,
+        verbose=0,
         callbacks=[checkpoint, keras.callbacks.CSVLogger(os.path.join(directory, "log.csv"), append=True), Slow()],
     )
     print(f"iterations={int(model.optimizer.iterations)}", flush=True)

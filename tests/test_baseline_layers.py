@@ -2,12 +2,12 @@
 
 import keras
 import numpy as np
-import pytest
-
 import numpy_reference as ref
-from keras_metaformer import layers
+import pytest
 from layer_checks import check_layer
 from layer_checks import set_sepconv_weights
+
+from keras_metaformer import layers
 
 RNG = np.random.default_rng(7)
 
@@ -45,16 +45,24 @@ def test_squared_relu_is_registered_and_exact():
 
 def test_identity_mixer_layer_checks():
     check_layer(
-        layers.IdentityMixer, {}, input_shape=(2, 3, 4, 5),
-        expected_output_shape=(2, 3, 4, 5), expected_num_trainable_weights=0, run_training=False,
+        layers.IdentityMixer,
+        {},
+        input_shape=(2, 3, 4, 5),
+        expected_output_shape=(2, 3, 4, 5),
+        expected_num_trainable_weights=0,
+        run_training=False,
     )
 
 
 def test_random_mixer_layer_checks_and_numerics():
     layer = check_layer(
-        layers.RandomMixer, {"seed": 3}, input_shape=(2, 3, 4, 5),
-        expected_output_shape=(2, 3, 4, 5), expected_num_trainable_weights=0,
-        expected_num_non_trainable_weights=1, run_training=False,
+        layers.RandomMixer,
+        {"seed": 3},
+        input_shape=(2, 3, 4, 5),
+        expected_output_shape=(2, 3, 4, 5),
+        expected_num_trainable_weights=0,
+        expected_num_non_trainable_weights=1,
+        run_training=False,
     )
     matrix = _numpy(layer.random_matrix)
     assert matrix.shape == (12, 12)
@@ -76,7 +84,10 @@ def test_random_mixer_needs_a_fixed_input_size():
 
 def test_sepconv_mixer_layer_checks_and_numerics():
     check_layer(
-        layers.SepConvMixer, {}, input_shape=(2, 5, 6, 4), expected_output_shape=(2, 5, 6, 4),
+        layers.SepConvMixer,
+        {},
+        input_shape=(2, 5, 6, 4),
+        expected_output_shape=(2, 5, 6, 4),
         expected_num_trainable_weights=5,  # pwconv1, act1 (scale, bias), dwconv, pwconv2
     )
     mixer = layers.SepConvMixer(kernel_size=5)
@@ -102,20 +113,33 @@ def test_attention_mixer_matches_numpy(channels, heads):
 
 def test_attention_mixer_layer_checks():
     check_layer(
-        layers.AttentionMixer, {"head_dim": 8}, input_shape=(2, 3, 3, 16),
-        expected_output_shape=(2, 3, 3, 16), expected_num_trainable_weights=2,
+        layers.AttentionMixer,
+        {"head_dim": 8},
+        input_shape=(2, 3, 3, 16),
+        expected_output_shape=(2, 3, 3, 16),
+        expected_num_trainable_weights=2,
     )
 
 
 def test_mlp_head_layer_checks_and_numerics():
     check_layer(
-        layers.MlpHead, {"classes": 3}, input_shape=(4, 8), expected_output_shape=(4, 3),
+        layers.MlpHead,
+        {"classes": 3},
+        input_shape=(4, 8),
+        expected_output_shape=(4, 3),
         expected_num_trainable_weights=6,
     )
     head = layers.MlpHead(classes=3)
     x = _random(4, 8)
     head.build(x.shape)
-    values = [_random(8, 32, scale=0.3), _random(32), 1 + _random(32, scale=0.1), _random(32), _random(32, 3), _random(3)]
+    values = [
+        _random(8, 32, scale=0.3),
+        _random(32),
+        1 + _random(32, scale=0.1),
+        _random(32),
+        _random(32, 3),
+        _random(3),
+    ]
     for variable, value in zip(
         [head.fc1.kernel, head.fc1.bias, head.norm.gamma, head.norm.beta, head.fc2.kernel, head.fc2.bias], values
     ):
@@ -146,8 +170,13 @@ def test_baseline_block_matches_numpy():
     """StarReLU MLP without biases, GroupNorm without bias, residual scales."""
     channels = 6
     block = layers.MetaFormerBlock(
-        activation="star_relu", norm="group", norm_epsilon=1e-6, norm_use_bias=False,
-        use_bias=False, layer_scale_init_value=None, res_scale_init_value=1.0,
+        activation="star_relu",
+        norm="group",
+        norm_epsilon=1e-6,
+        norm_use_bias=False,
+        use_bias=False,
+        layer_scale_init_value=None,
+        res_scale_init_value=1.0,
     )
     x = _random(2, 4, 5, channels, scale=2.0)
     block.build(x.shape)

@@ -7,11 +7,11 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import TIMM_KEYS
 from PIL import Image
 from safetensors.numpy import save
 
 import keras_metaformer
-from conftest import TIMM_KEYS
 from keras_metaformer import cli
 from keras_metaformer.imagenet import imagenet_classes
 
@@ -27,10 +27,11 @@ def run(capsys, *argv):
 @pytest.fixture(scope="module")
 def imagenet_model_file(tmp_path_factory):
     """A small 1000-class model whose scores do not depend on the image: known top-5."""
-    model = keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), input_shape=(32, 32, 3), classes=1000,
-                                        weights=None, name="tiny")
+    model = keras_metaformer.MetaFormer(
+        depths=(1, 1), dims=(8, 16), input_shape=(32, 32, 3), classes=1000, weights=None, name="tiny"
+    )
     head = model.layers[-1]
-    kernel, bias = head.get_weights()
+    kernel, _bias = head.get_weights()
     logits = np.random.default_rng(0).normal(0, 3, 1000).astype("float32")
     head.set_weights([np.zeros_like(kernel), logits])
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
@@ -108,7 +109,7 @@ def test_convert_writes_a_keras_weights_file_that_loads(capsys, tmp_path):
     checkpoint = tmp_path / "poolformer_s12.safetensors"
     checkpoint.write_bytes(save(state))
     output = tmp_path / "s12.weights.h5"
-    code, out, err = run(capsys, "convert", checkpoint, output, "--model", "poolformer_s12")
+    code, _out, err = run(capsys, "convert", checkpoint, output, "--model", "poolformer_s12")
     assert code == 0, err
     converted = keras_metaformer.PoolFormerS12(weights=str(output))
     direct = keras_metaformer.PoolFormerS12(weights=str(checkpoint))
@@ -118,8 +119,9 @@ def test_convert_writes_a_keras_weights_file_that_loads(capsys, tmp_path):
 
 
 def test_convert_explains_bad_checkpoints(capsys, tmp_path):
-    code, _, err = run(capsys, "convert", tmp_path / "none.safetensors", tmp_path / "o.weights.h5", "--model",
-                       "poolformer_s12")
+    code, _, err = run(
+        capsys, "convert", tmp_path / "none.safetensors", tmp_path / "o.weights.h5", "--model", "poolformer_s12"
+    )
     assert code == 2 and "no checkpoint file" in err
     pth = tmp_path / "authors.pth"
     pth.write_bytes(b"\x80\x02torch pickle")
@@ -130,7 +132,7 @@ def test_convert_explains_bad_checkpoints(capsys, tmp_path):
 
 def test_export_writes_a_saved_model_and_a_tflite_file(capsys, imagenet_model_file, tmp_path):
     path, logits = imagenet_model_file
-    code, out, err = run(capsys, "export", path, tmp_path / "serving", "--format", "saved_model", "--version", 3)
+    code, _out, err = run(capsys, "export", path, tmp_path / "serving", "--format", "saved_model", "--version", 3)
     assert code == 0, err
     assert os.path.isfile(tmp_path / "serving" / "3" / "saved_model.pb")
     code, _, err = run(capsys, "export", path, tmp_path / "serving", "--format", "saved_model", "--version", 3)
@@ -138,8 +140,7 @@ def test_export_writes_a_saved_model_and_a_tflite_file(capsys, imagenet_model_fi
     code, _, err = run(capsys, "export", path, tmp_path / "m.tflite", "--format", "tflite", "--quantize", "int8")
     assert code == 2 and "--calibration-dir" in err
     if BACKEND == "tensorflow":  # the conversion itself is tested in test_export.py
-        code, _, err = run(capsys, "export", path, tmp_path / "m.tflite", "--format", "tflite",
-                           "--quantize", "float16")
+        code, _, err = run(capsys, "export", path, tmp_path / "m.tflite", "--format", "tflite", "--quantize", "float16")
         assert code == 0, err
         from keras_metaformer.export import run_tflite
 
@@ -155,10 +156,13 @@ def _one_error_line(code, err, command):
     return lines[0]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--top", "0"], "--top must be at least 1. Received: --top 0."),
-    (["--top", "1001"], "--top must be between 1 and 1000 (the model has 1000 classes). Received: --top 1001."),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--top", "0"], "--top must be at least 1. Received: --top 0."),
+        (["--top", "1001"], "--top must be between 1 and 1000 (the model has 1000 classes). Received: --top 1001."),
+    ],
+)
 def test_predict_checks_top_against_the_classes(capsys, imagenet_model_file, photo, argv, message):
     code, _, err = run(capsys, "predict", photo, "--model", imagenet_model_file[0], *argv)
     assert message in _one_error_line(code, err, "predict")
@@ -189,8 +193,9 @@ def test_broken_model_files_are_one_error_line(capsys, photo, tmp_path):
 
 @pytest.mark.parametrize("pooling", [None, "avg"])
 def test_predict_with_a_backbone_explains_it_needs_a_classifier(capsys, photo, tmp_path, pooling):
-    backbone = keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), input_shape=(32, 32, 3), include_top=False,
-                                           pooling=pooling, weights=None)
+    backbone = keras_metaformer.MetaFormer(
+        depths=(1, 1), dims=(8, 16), input_shape=(32, 32, 3), include_top=False, pooling=pooling, weights=None
+    )
     backbone.save(tmp_path / "backbone.keras")
     code, _, err = run(capsys, "predict", photo, "--model", tmp_path / "backbone.keras")
     line = _one_error_line(code, err, "predict")

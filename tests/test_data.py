@@ -12,11 +12,7 @@ from skimage import data as skimage_data
 import keras_metaformer
 from keras_metaformer import data
 
-
-
-PLAIN = data.TrainAugment(
-    flip=False, rand_augment_magnitude=None, mixup_alpha=0.0, cutmix_alpha=0.0, erasing_prob=0.0
-)
+PLAIN = data.TrainAugment(flip=False, rand_augment_magnitude=None, mixup_alpha=0.0, cutmix_alpha=0.0, erasing_prob=0.0)
 
 
 def _batches(dataset):
@@ -134,7 +130,7 @@ def test_folder_classes_are_sorted_names_and_labels_follow_them(tmp_path):
     root = _write_folder(tmp_path, {"zebra": 2, "ant": 3})
     dataset = data.from_directory(str(root), training=False, image_size=32, batch_size=8, crop_pct=1.0)
     assert dataset.class_names == ["ant", "zebra"] and dataset.num_classes == 2
-    (images, labels), = _batches(dataset)
+    ((images, labels),) = _batches(dataset)
     np.testing.assert_array_equal(labels.argmax(1), [0, 0, 0, 1, 1])
     # "zebra" was written first, in grey 50; "ant" second, in 100.
     np.testing.assert_allclose(images[:, 16, 16, 0], [100, 100, 100, 50, 50], atol=2)  # JPEG rounding
@@ -143,9 +139,7 @@ def test_folder_classes_are_sorted_names_and_labels_follow_them(tmp_path):
 def test_folder_training_pipeline_feeds_model_fit(tmp_path):
     root = _write_folder(tmp_path, {"a": 4, "b": 4})
     dataset = data.from_directory(str(root), training=True, image_size=32, batch_size=4, seed=0)
-    model = keras_metaformer.MetaFormer(
-        depths=(1, 1), dims=(8, 16), weights=None, input_shape=(32, 32, 3), classes=2
-    )
+    model = keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), weights=None, input_shape=(32, 32, 3), classes=2)
     data.check_num_classes(model, dataset)
     model.compile("adam", "categorical_crossentropy")
     history = model.fit(dataset, epochs=1, verbose=0)
@@ -194,10 +188,15 @@ def test_tfds_imagenet_reads_from_a_manual_dir(tfds, tmp_path):
         (tmp_path / name).touch()
     with tfds.testing.mock_data(num_examples=4):
         dataset = data.from_tfds(
-            "imagenet2012", split="validation", training=False, manual_dir=str(tmp_path),
-            data_dir=str(tmp_path / "tfds"), image_size=32, batch_size=4,
+            "imagenet2012",
+            split="validation",
+            training=False,
+            manual_dir=str(tmp_path),
+            data_dir=str(tmp_path / "tfds"),
+            image_size=32,
+            batch_size=4,
         )
-        (images, labels), = _batches(dataset)
+        ((images, labels),) = _batches(dataset)
     assert images.shape == (4, 32, 32, 3) and labels.shape == (4, 1000)
     assert dataset.class_names[0] == "n01440764"
 
@@ -237,8 +236,10 @@ def _images_in_every_mode(root):
         "rgba.png": (PIL.Image.fromarray(rgba), rgba[..., :3]),  # alpha dropped, not composited
         "grey_alpha.png": (PIL.Image.fromarray(rgba[..., :2].copy(), "LA"), grey(rgba[..., 0])),
         "one_bit.png": (PIL.Image.fromarray(rgba[..., 0] > 127), grey(np.where(rgba[..., 0] > 127, 255, 0))),
-        "cmyk.jpg": (PIL.Image.fromarray(inks, "CMYK"),
-                     np.stack([(255 - ink) * (255 - k) // 255 for ink in (c, m, y)], -1)),
+        "cmyk.jpg": (
+            PIL.Image.fromarray(inks, "CMYK"),
+            np.stack([(255 - ink) * (255 - k) // 255 for ink in (c, m, y)], -1),
+        ),
     }
     paths = {}
     for name, (image, expected) in files.items():
@@ -310,8 +311,7 @@ def test_a_corrupt_image_body_is_named_by_the_pipeline(tmp_path, corrupt, named)
 def test_naming_corrupt_files_keeps_every_image_in_order(tmp_path):
     root = _write_folder(tmp_path, {"a": 3, "b": 4})
     dataset = data.from_directory(str(root), training=False, image_size=32, batch_size=3, crop_pct=1.0)
-    plain = data.from_directory(str(root), training=False, image_size=32, batch_size=3, crop_pct=1.0,
-                                on_corrupt="skip")
+    plain = data.from_directory(str(root), training=False, image_size=32, batch_size=3, crop_pct=1.0, on_corrupt="skip")
     for (images, labels), (expected_images, expected_labels) in zip(_batches(dataset), _batches(plain), strict=True):
         np.testing.assert_array_equal(images, expected_images)
         np.testing.assert_array_equal(labels, expected_labels)
@@ -326,5 +326,5 @@ def test_folder_symlinks_never_count_an_image_twice(tmp_path):
     os.symlink(elsewhere / "more", root / "cat" / "more")  # outside the root: followed, once
     os.symlink(elsewhere / "more", root / "cat" / "more_again")
     dataset = data.from_directory(str(root), training=False, image_size=32, batch_size=64, crop_pct=1.0)
-    (_, labels), = _batches(dataset)
+    ((_, labels),) = _batches(dataset)
     np.testing.assert_array_equal(labels.argmax(1), [0, 0, 0, 0, 1, 1, 1])  # 2 cats + 2 from elsewhere, 3 dogs

@@ -41,7 +41,10 @@ def _dims(name):
 def test_keras_cv_backbone_names_its_pyramid_levels_and_round_trips():
     backbone = KerasCVBackbone(_small(input_shape=(None, None, 3)))
     assert backbone.pyramid_level_inputs == {
-        "P2": "stage0_block0", "P3": "stage1_block0", "P4": "stage2_block0", "P5": "stage3_block0",
+        "P2": "stage0_block0",
+        "P3": "stage1_block0",
+        "P4": "stage2_block0",
+        "P5": "stage3_block0",
     }
     restored = KerasCVBackbone.from_config(backbone.get_config())
     restored.set_weights(backbone.get_weights())

@@ -18,7 +18,10 @@ def _start(mode, output, env=None):
     environment = dict(os.environ, KERAS_BACKEND=BACKEND, **(env or {}))
     return subprocess.Popen(
         [sys.executable, SCRIPT, mode, str(output)],
-        env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

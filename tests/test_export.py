@@ -108,7 +108,9 @@ def test_export_runs_in_a_fresh_process_with_plain_tensorflow(trained, saved_mod
 def test_saved_model_cli_shows_what_tf_serving_needs(saved_model):
     result = subprocess.run(
         [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir", saved_model, "--all"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     signatures = {}
@@ -156,7 +158,10 @@ def test_saved_model_stores_each_weight_once_as_a_constant(trained, saved_model)
 @pytest.fixture(scope="module")
 def saved_model_with_variables(trained, tmp_path_factory):
     return export.export_saved_model(
-        trained, tmp_path_factory.mktemp("serving") / "digits", class_names=NAMES, config=IDENTITY_TRANSFORM,
+        trained,
+        tmp_path_factory.mktemp("serving") / "digits",
+        class_names=NAMES,
+        config=IDENTITY_TRANSFORM,
         constant_weights=False,
     )
 
@@ -178,7 +183,7 @@ def test_constant_weights_too_large_for_one_graph_are_refused(trained, tmp_path,
     from keras_metaformer.export import saved_model as module
 
     monkeypatch.setattr(module, "CONSTANT_WEIGHTS_LIMIT", 4 * trained.count_params() - 1)
-    with pytest.raises(ValueError, match="cannot exceed 2 GiB. Pass `constant_weights=False`"):
+    with pytest.raises(ValueError, match=r"cannot exceed 2 GiB\. Pass `constant_weights=False`"):
         export.export_saved_model(trained, tmp_path)
     assert os.listdir(tmp_path) == []
 
@@ -300,8 +305,9 @@ def tflite_files(trained, digits, tmp_path_factory):
     quantizations = export.QUANTIZATIONS if BACKEND == "tensorflow" else ("float32",)
     calibration = digits[0][0][:200]
     return {
-        quantize: export.export_tflite(trained, folder / f"{quantize}.tflite", quantize=quantize,
-                                       representative_images=calibration)
+        quantize: export.export_tflite(
+            trained, folder / f"{quantize}.tflite", quantize=quantize, representative_images=calibration
+        )
         for quantize in quantizations
     }
 
@@ -391,14 +397,17 @@ def test_a_failed_export_removes_the_folders_it_created(tiny, tmp_path, monkeypa
 def test_int8_calibration_images_of_the_wrong_size_fail_up_front(tiny, tmp_path):
     wrong = np.zeros((4, 64, 64, 3), "float32")
     expected = r"shape \(n, 32, 32, 3\)\. Received shape \((4|None), 64, 64, 3\)"
-    for images in (wrong, tf.data.Dataset.from_tensor_slices(wrong).batch(2),
-                   tf.data.Dataset.from_tensor_slices((wrong, np.zeros(4))).batch(2)):
+    for images in (
+        wrong,
+        tf.data.Dataset.from_tensor_slices(wrong).batch(2),
+        tf.data.Dataset.from_tensor_slices((wrong, np.zeros(4))).batch(2),
+    ):
         with pytest.raises(ValueError, match=expected):
             export.export_tflite(tiny, tmp_path / "m.tflite", quantize="int8", representative_images=images)
     assert os.listdir(tmp_path) == []
 
 
-USER_LAYERS = '''
+USER_LAYERS = """
 import keras
 
 
@@ -413,7 +422,7 @@ class Scale(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "factor": self.factor}
-'''
+"""
 
 
 def _model_with(layer):

@@ -7,9 +7,10 @@ paths; here every layer runs inside the backend's XLA compiler.
 
 import keras
 import numpy as np
-import pytest
-
 import numpy_reference as ref
+import pytest
+from layer_checks import set_sepconv_weights
+
 from keras_metaformer import layers
 from keras_metaformer.layers import compilation
 from keras_metaformer.layers import depthwise as depthwise_module
@@ -19,7 +20,6 @@ from keras_metaformer.layers import sepconv_mixer as sepconv_module
 from keras_metaformer.layers.compilation import compiled_by_xla
 from keras_metaformer.layers.depthwise import depthwise_conv2d_same
 from keras_metaformer.layers.strided_conv import strided_conv2d
-from layer_checks import set_sepconv_weights
 
 RNG = np.random.default_rng(7)
 JAX = keras.backend.backend() == "jax"
@@ -120,7 +120,7 @@ def test_compiled_pool_mixer_gradient_is_the_transposed_jacobian(pool_size):
     # column from the NumPy reference applied to basis images.
     shape = (1, 4, 5, 1)
     size = int(np.prod(shape))
-    basis = np.eye(size, dtype="float32").reshape((size,) + shape[1:])
+    basis = np.eye(size, dtype="float32").reshape((size, *shape[1:]))
     jacobian = ref.pool_mixer(basis, pool_size).reshape(size, size).T
     weights = _random(*shape)
     (gradient,) = _compiled_gradients(layers.PoolMixer(pool_size), weights)(_random(*shape))
@@ -236,11 +236,14 @@ def test_compiled_depthwise_conv_gradients_are_the_transposed_jacobians(size):
 
 
 @pytest.mark.parametrize("loop", [False, True], ids=["unrolled", "looped"])
-@pytest.mark.parametrize("shape, chunk_elements", [
-    ((3, 9, 6, 2), 2**20),  # one pass; 9x6 is not a whole number of 4x4 blocks
-    ((6, 5, 8, 3), 2 * 5 * 8 * 3),  # three passes of two images
-    ((5, 4, 4, 2), 2 * 4 * 4 * 2),  # 5 has no divisor 2: five passes of one
-])
+@pytest.mark.parametrize(
+    "shape, chunk_elements",
+    [
+        ((3, 9, 6, 2), 2**20),  # one pass; 9x6 is not a whole number of 4x4 blocks
+        ((6, 5, 8, 3), 2 * 5 * 8 * 3),  # three passes of two images
+        ((5, 4, 4, 2), 2 * 4 * 4 * 2),  # 5 has no divisor 2: five passes of one
+    ],
+)
 def test_compiled_depthwise_kernel_gradient_sums_over_every_block_and_image(monkeypatch, shape, chunk_elements, loop):
     # Each backend takes one form by default; both must hold on both.
     monkeypatch.setattr(depthwise_module, "_CHUNK_ELEMENTS", chunk_elements)
@@ -340,8 +343,7 @@ def test_compiled_sepconv_mixer_keeps_bfloat16_with_float32_sums():
     actual = _compiled(mixer)(keras.ops.cast(x, "bfloat16"))
     assert keras.backend.standardize_dtype(actual.dtype) == "bfloat16"
     expected = ref.depthwise_conv2d_same(x.astype("float64") ** 2, np.ones((7, 7, 3, 1)))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.cast(actual, "float32")), expected,
-                               rtol=2.0**-8)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.cast(actual, "float32")), expected, rtol=2.0**-8)
 
 
 @pytest.mark.parametrize("gpu", [False, True])
@@ -349,12 +351,16 @@ def test_cpu_only_fast_paths_step_aside_for_a_gpu(monkeypatch, gpu):
     # A GPU has fast kernels for the convolutions and the whole MLP; the
     # shifted-slice sums, the patch matmul and the blocked loop would only
     # slow it. TensorFlow's XLA has fast strided-convolution gradients too.
-    monkeypatch.setattr(compilation, "_gpu_is_default", lambda: gpu)
+    monkeypatch.setattr(compilation, "_gpu_is_default", lambda gpu=gpu: gpu)
     calls = {"shifted": [], "patches": []}
-    monkeypatch.setattr(sepconv_module, "depthwise_conv2d_same",
-                        lambda *args: calls["shifted"].append(args) or depthwise_conv2d_same(*args))
-    monkeypatch.setattr(patch_embedding_module, "strided_conv2d",
-                        lambda *args: calls["patches"].append(args) or strided_conv2d(*args))
+    monkeypatch.setattr(
+        sepconv_module,
+        "depthwise_conv2d_same",
+        lambda *args: calls["shifted"].append(args) or depthwise_conv2d_same(*args),
+    )
+    monkeypatch.setattr(
+        patch_embedding_module, "strided_conv2d", lambda *args: calls["patches"].append(args) or strided_conv2d(*args)
+    )
     x = _random(1, 6, 6, 4)
     mixer, stem = layers.SepConvMixer(), layers.PatchEmbedding(4, 3, strides=2, padding=1)
     for layer in (mixer, stem):
@@ -383,7 +389,7 @@ def test_compiled_sepconv_mixer_weight_gradients_match_keras_depthwise_conv(monk
 
     results = {}
     for gpu in (False, True):
-        monkeypatch.setattr(compilation, "_gpu_is_default", lambda: gpu)
+        monkeypatch.setattr(compilation, "_gpu_is_default", lambda gpu=gpu: gpu)
         _, weight_gradients, _ = _compiled_layer_gradients(mixer, x, weights)
         results[gpu] = [keras.ops.convert_to_numpy(g) for g in weight_gradients]
     assert len(results[False]) == 8  # 3 kernels, 3 biases, StarReLU's scale and bias
@@ -452,12 +458,13 @@ def test_compiled_patch_embedding_gradients_match_keras_conv(monkeypatch):
 
     results = {}
     for gpu in (False, True):
-        monkeypatch.setattr(compilation, "_gpu_is_default", lambda: gpu)
+        monkeypatch.setattr(compilation, "_gpu_is_default", lambda gpu=gpu: gpu)
         y, weight_gradients, input_gradient = _compiled_layer_gradients(layer, x, weights, training=True)
         results[gpu] = [keras.ops.convert_to_numpy(g) for g in (*weight_gradients, input_gradient)]
         normed = ref.layer_norm(x, keras.ops.convert_to_numpy(layer.norm_layer.gamma), 0.0, 1e-6)
-        np.testing.assert_allclose(keras.ops.convert_to_numpy(y), ref.conv2d(normed, kernel, bias, 2, 1),
-                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(y), ref.conv2d(normed, kernel, bias, 2, 1), rtol=1e-4, atol=1e-4
+        )
     assert len(results[False]) == 4  # the norm's scale, the kernel, the bias, the input
     for matmul, keras_conv in zip(results[False], results[True]):
         np.testing.assert_allclose(matmul, keras_conv, rtol=1e-4, atol=1e-4)
@@ -490,8 +497,9 @@ def test_compiled_block_gradients_with_folded_layer_scales_match_finite_differen
     for variable in block.trainable_variables:
         variable.assign(0.5 * _random(*variable.shape) + ("gamma" in variable.path or "scale" in variable.path))
     assert block._folds_layer_scale1()
-    values = {v.path.split("/", 1)[1]: keras.ops.convert_to_numpy(v).astype("float64")
-              for v in block.trainable_variables}
+    values = {
+        v.path.split("/", 1)[1]: keras.ops.convert_to_numpy(v).astype("float64") for v in block.trainable_variables
+    }
 
     def loss(values):
         params = {

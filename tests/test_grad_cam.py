@@ -13,7 +13,10 @@ def test_grad_cam_matches_finite_differences():
     """Channel weights are mean gradients; the model pools globally, so each
     equals (S(f + eps on channel k) - S(f - eps on channel k)) / (2 eps HW)."""
     model = keras_metaformer.MetaFormer(
-        depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), classes=4, input_shape=(96, 96, 3),
+        depths=(1, 1, 1, 1),
+        dims=(8, 16, 24, 32),
+        classes=4,
+        input_shape=(96, 96, 3),
         classifier_activation=None,
     )
     images = np.random.default_rng(0).uniform(0, 255, (1, 96, 96, 3)).astype("float32")

@@ -1,10 +1,10 @@
 import keras
 import numpy as np
 import pytest
+from numpy_reference import pil_eval_transform
 from skimage import data
 
 import keras_metaformer
-from numpy_reference import pil_eval_transform
 
 
 def test_imagenet_classes_are_the_1000_synsets_in_index_order():

@@ -1,10 +1,10 @@
 import keras
 import numpy as np
-import pytest
-
 import numpy_reference as ref
-from keras_metaformer import layers
+import pytest
 from layer_checks import check_layer
+
+from keras_metaformer import layers
 
 RNG = np.random.default_rng(42)
 
@@ -307,9 +307,7 @@ _NUMPY_NORMS = {
 def test_metaformer_block_matches_numpy(norm, activation, pool_size):
     channels = 6
     x = _random(2, 5, 7, channels, scale=2.0)
-    block = layers.MetaFormerBlock(
-        pool_size=pool_size, norm=norm, activation=activation, norm_epsilon=1e-5
-    )
+    block = layers.MetaFormerBlock(pool_size=pool_size, norm=norm, activation=activation, norm_epsilon=1e-5)
     block.build(x.shape)
     params = _set_block_params(block, channels, norm)
     expected = ref.metaformer_block(x, params, pool_size, activation, _NUMPY_NORMS[norm])

@@ -3,9 +3,9 @@ import inspect
 import keras
 import numpy as np
 import pytest
+from conftest import full_size_model
 
 import keras_metaformer
-from conftest import full_size_model
 from keras_metaformer.models import BUILDERS
 from keras_metaformer.models import POOLFORMER_VARIANTS
 from keras_metaformer.models.variants import architecture
@@ -25,8 +25,16 @@ def tiny_model(**kwargs):
 def test_builders_share_one_signature_and_docstring_template():
     reference = inspect.signature(keras_metaformer.PoolFormerS12)
     expected = [
-        "include_top", "include_preprocessing", "weights", "input_tensor", "input_shape",
-        "pooling", "classes", "classifier_activation", "drop_path_rate", "name",
+        "include_top",
+        "include_preprocessing",
+        "weights",
+        "input_tensor",
+        "input_shape",
+        "pooling",
+        "classes",
+        "classifier_activation",
+        "drop_path_rate",
+        "name",
     ]
     assert list(reference.parameters) == expected
     assert len(BUILDERS) == 28
@@ -41,7 +49,7 @@ def test_builders_share_one_signature_and_docstring_template():
         assert signature.parameters["weights"].default == ("imagenet" if has_weights else None)
         assert signature.parameters["name"].default == arch
         assert getattr(keras_metaformer, builder.__name__) is builder
-        title = builder.__name__[: -3] + "-" + builder.__name__[-3:]
+        title = builder.__name__[:-3] + "-" + builder.__name__[-3:]
         assert builder.__doc__.startswith(f"Builds {title}, optionally with pretrained weights.")
         assert f'get_pretrained_config("{arch}", tag)' in builder.__doc__
 
@@ -113,9 +121,7 @@ def test_input_tensor_is_used_as_the_model_input():
 
 def test_include_preprocessing_normalises_0_255_input():
     with_pre = tiny_model(input_shape=(32, 32, 3), classifier_activation=None)
-    without = tiny_model(
-        input_shape=(32, 32, 3), classifier_activation=None, include_preprocessing=False
-    )
+    without = tiny_model(input_shape=(32, 32, 3), classifier_activation=None, include_preprocessing=False)
     for layer in without.layers:
         layer.set_weights(with_pre.get_layer(layer.name).get_weights())
     x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
@@ -204,17 +210,31 @@ def test_s12_keras_save_and_load_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"weights": "imagenet21k"}, r"Invalid `weights`: 'imagenet21k'.*Expected one of \[None, 'imagenet', 'sail_in1k'\]"),
+        (
+            {"weights": "imagenet21k"},
+            r"Invalid `weights`: 'imagenet21k'.*Expected one of \[None, 'imagenet', 'sail_in1k'\]",
+        ),
         ({"weights": "/no/such/file.safetensors"}, r"neither a known weight name nor an existing file"),
         ({"classes": 10}, r"1000-class head.*`classes` must be 1000. Received: classes=10.*include_top=False"),
-        ({"classifier_activation": "sigmoid"}, r"must be None \(logits\) or 'softmax'. Received: classifier_activation='sigmoid'"),
-        ({"input_shape": (224, 224, 1), "include_preprocessing": False},
-         r"expect 3 input channels \(RGB\). Received: input_shape=\(224, 224, 1\) with include_preprocessing=False"),
+        (
+            {"classifier_activation": "sigmoid"},
+            r"must be None \(logits\) or 'softmax'. Received: classifier_activation='sigmoid'",
+        ),
+        (
+            {"input_shape": (224, 224, 1), "include_preprocessing": False},
+            r"expect 3 input channels \(RGB\). Received: input_shape=\(224, 224, 1\) with include_preprocessing=False",
+        ),
         ({"input_shape": (224, 224, 5)}, r"Received: 5 channels \(input_shape=\(224, 224, 5\)\)"),
         ({"input_shape": (31, 224, 3), "weights": None}, r"at least 32x32.*Received: input_shape=\(31, 224, 3\)"),
         ({"include_top": False, "input_shape": (64, 16, 3), "weights": None}, r"at least 32x32"),
-        ({"pooling": "sum", "include_top": False}, r"`pooling` must be one of \[None, 'avg', 'max'\].*Received: pooling='sum'"),
-        ({"input_shape": (224, 224), "weights": None}, r"\(height, width, channels\).*Received: input_shape=\(224, 224\)"),
+        (
+            {"pooling": "sum", "include_top": False},
+            r"`pooling` must be one of \[None, 'avg', 'max'\].*Received: pooling='sum'",
+        ),
+        (
+            {"input_shape": (224, 224), "weights": None},
+            r"\(height, width, channels\).*Received: input_shape=\(224, 224\)",
+        ),
     ],
 )
 def test_bad_arguments_raise_clear_errors_before_any_download(kwargs, message):
@@ -238,8 +258,13 @@ def test_mismatched_stage_arguments_are_refused():
 
 def test_generic_builder_composes_the_papers_hybrids():
     model = keras_metaformer.MetaFormer(
-        depths=(1, 1, 2, 1), dims=(16, 32, 64, 96), token_mixers=["pool", "pool", "attention", "attention"],
-        norm=["group", "group", "layer", "layer"], weights=None, classes=7, input_shape=(64, 64, 3),
+        depths=(1, 1, 2, 1),
+        dims=(16, 32, 64, 96),
+        token_mixers=["pool", "pool", "attention", "attention"],
+        norm=["group", "group", "layer", "layer"],
+        weights=None,
+        classes=7,
+        input_shape=(64, 64, 3),
     )
     mixers = {layer.name: type(layer.token_mixer).__name__ for layer in model.layers if "_block" in layer.name}
     assert mixers["stage1_block0"] == "PoolMixer" and mixers["stage2_block1"] == "AttentionMixer"

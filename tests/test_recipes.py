@@ -8,8 +8,7 @@ import sys
 import keras
 import pytest
 
-import keras_metaformer  # noqa: F401  (registers the layers model.keras refers to)
-
+import keras_metaformer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,7 +17,10 @@ def run_recipe(*args, env=None, recipe="classify.py"):
     environment = dict(os.environ, **(env or {}))
     return subprocess.run(
         [sys.executable, os.path.join(REPO, "recipes", recipe), *args],
-        capture_output=True, text=True, env=environment, timeout=600,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=600,
     )
 
 
@@ -128,19 +130,21 @@ def test_only_a_failed_imagenet_download_falls_back_to_random_weights(tmp_path, 
         return "model"
 
     assert training_setup.pretrained_or_random(builder, "imagenet", include_top=False) == (
-        "model", False, "RANDOM weights (offline: download failed)")
+        "model",
+        False,
+        "RANDOM weights (offline: download failed)",
+    )
     assert "Could not download the ImageNet weights" in capsys.readouterr().out
     assert calls == [("imagenet", {"include_top": False}), (None, {"include_top": False})]
     # A file the user named must fail loudly, not train from scratch.
-    with pytest.raises(OSError, match="missing.weights.h5"):
+    with pytest.raises(OSError, match=r"missing\.weights\.h5"):
         training_setup.pretrained_or_random(builder, str(tmp_path / "missing.weights.h5"))
     assert training_setup.pretrained_or_random(builder, "none") == ("model", False, "random weights (--weights none)")
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="exports run through TensorFlow; run once")
 def test_check_export_prints_a_row_per_export(tmp_path, capsys):
-    model = keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), input_shape=(32, 32, 3), classes=10,
-                                        weights=None)
+    model = keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), input_shape=(32, 32, 3), classes=10, weights=None)
     model.save(tmp_path / "digits.keras")
     check_export = import_recipe("check_export")
     check_export.main([str(tmp_path / "digits.keras")])
@@ -181,8 +185,8 @@ def test_benchmark_gives_every_engine_the_same_malloc_settings(monkeypatch, mall
 
     monkeypatch.setattr(benchmark.subprocess, "run", run)
     options = argparse.Namespace(
-        torch_python=sys.executable, batch=2, warmup=1, repeats=1, threads=2, image_size=32, device="cpu",
-        malloc=malloc)
+        torch_python=sys.executable, batch=2, warmup=1, repeats=1, threads=2, image_size=32, device="cpu", malloc=malloc
+    )
     for engine in ("jax", "timm"):
         assert benchmark.measure(engine, "tiny", "float32", options) == {"latency_ms": 1}
     for environment in environments.values():
@@ -195,8 +199,18 @@ def test_benchmark_gives_every_engine_the_same_malloc_settings(monkeypatch, mall
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="the benchmark starts its own backends; run once")
 def test_benchmark_smoke_prints_a_table_and_draws_a_chart(tmp_path):
-    result = run_recipe("--smoke", "--engines", "tf,tf-saved-model,timm", "--precisions", "float32",
-                        "--output", tmp_path, "--torch-python", sys.executable, recipe="benchmark.py")
+    result = run_recipe(
+        "--smoke",
+        "--engines",
+        "tf,tf-saved-model,timm",
+        "--precisions",
+        "float32",
+        "--output",
+        tmp_path,
+        "--torch-python",
+        sys.executable,
+        recipe="benchmark.py",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| tiny |")]
     assert [row.split("|")[3].strip() for row in rows] == ["tf", "tf-saved-model"], result.stdout
@@ -236,8 +250,10 @@ def test_check_parity_turns_tensorfloat32_off():
 def test_benchmark_rounds_alternate_the_order_and_keep_each_engines_best(tmp_path, monkeypatch, capsys):
     benchmark = import_recipe("benchmark")
     timings = {  # per engine, one result per round
-        "tf": [{"latency_ms": 30.0, "throughput": 40.0, "train_throughput": 10.0, "peak_mib": 900.0},
-               {"latency_ms": 20.0, "throughput": 35.0, "train_throughput": 12.0, "peak_mib": 1000.0}],
+        "tf": [
+            {"latency_ms": 30.0, "throughput": 40.0, "train_throughput": 10.0, "peak_mib": 900.0},
+            {"latency_ms": 20.0, "throughput": 35.0, "train_throughput": 12.0, "peak_mib": 1000.0},
+        ],
         "tflite": [None, {"latency_ms": 19.0, "throughput": 50.0, "peak_mib": 500.0}],
     }
     calls = []
@@ -247,8 +263,20 @@ def test_benchmark_rounds_alternate_the_order_and_keep_each_engines_best(tmp_pat
         return timings[engine][calls.count(engine) - 1]
 
     monkeypatch.setattr(benchmark, "measure", measure)
-    benchmark.main(["--models", "m", "--engines", "tf,tflite", "--precisions", "float32", "--rounds", "2",
-                    "--output", str(tmp_path)])
+    benchmark.main(
+        [
+            "--models",
+            "m",
+            "--engines",
+            "tf,tflite",
+            "--precisions",
+            "float32",
+            "--rounds",
+            "2",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert calls == ["tf", "tflite", "tflite", "tf"]
     out = capsys.readouterr().out
     assert "2 threads per engine, best of 2 rounds." in out

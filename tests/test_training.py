@@ -28,7 +28,11 @@ def _batch():
 
 def _model(weights=None):
     model = keras_metaformer.MetaFormer(
-        depths=(1, 1), dims=(16, 32), weights=None, input_shape=(32, 32, 3), classes=3,
+        depths=(1, 1),
+        dims=(16, 32),
+        weights=None,
+        input_shape=(32, 32, 3),
+        classes=3,
         classifier_activation=None,
     )
     if weights is not None:
@@ -39,8 +43,9 @@ def _model(weights=None):
 def _first_step_loss(policy, weights, jit_compile):
     keras.config.set_dtype_policy(policy)
     model = _model(weights)
-    model.compile(keras.optimizers.SGD(0.01), keras.losses.CategoricalCrossentropy(from_logits=True),
-                  jit_compile=jit_compile)
+    model.compile(
+        keras.optimizers.SGD(0.01), keras.losses.CategoricalCrossentropy(from_logits=True), jit_compile=jit_compile
+    )
     images, labels = _batch()
     # The loss is computed before the update: it measures the forward pass
     # and loss under the policy, and the step must not fail or overflow.
@@ -71,7 +76,7 @@ def test_mixed_precision_training_step_is_finite_and_close_to_float32(policy, to
 
 
 def test_xla_and_eager_graph_agree():
-    images, labels = _batch()
+    images, _labels = _batch()
     model = _model()
     outputs = {}
     for jit in (True, False):
@@ -121,7 +126,9 @@ def test_a_run_killed_mid_epoch_resumes_without_repeating_epochs(tmp_path):
         epochs = [int(row["epoch"]) for row in csv.DictReader(file)]
     assert epochs == [0, 1, 2, 3]
     assert json.loads(state.read_text())["epoch"] == 4
-    leftovers = [name for name in os.listdir(tmp_path / "checkpoints") if name not in ("state.json", "epoch-0004.weights.h5")]
+    leftovers = [
+        name for name in os.listdir(tmp_path / "checkpoints") if name not in ("state.json", "epoch-0004.weights.h5")
+    ]
     assert leftovers == []
 
 
@@ -129,7 +136,9 @@ def test_a_run_killed_mid_epoch_resumes_without_repeating_epochs(tmp_path):
 
 
 def _dense_model(outputs=1):
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(outputs)])
+    model = keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(outputs)]
+    )
     model.compile(keras.optimizers.Adam(1e-3), "mse")
     return model
 

@@ -3,9 +3,9 @@
 import numpy as np
 import tensorflow as tf
 
+from keras_metaformer.data import transforms
 from keras_metaformer.data.augment import TrainAugment
 from keras_metaformer.data.augment import batch_augmentation
-from keras_metaformer.data import transforms
 from keras_metaformer.weights.pretrained_configs import get_pretrained_config
 
 AUTOTUNE = tf.data.AUTOTUNE

@@ -64,6 +64,7 @@ def _class_images(folder, root, seen):
     a link to a sibling class) is skipped, since what it points to is
     counted where it is.
     """
+
     def inside_root(path):
         real = os.path.realpath(path)
         return real == root or real.startswith(root + os.sep)
@@ -76,7 +77,9 @@ def _class_images(folder, root, seen):
             continue
         seen.add(real)
         folders[:] = sorted(
-            f for f in folders if not (os.path.islink(os.path.join(current, f)) and inside_root(os.path.join(current, f)))
+            f
+            for f in folders
+            if not (os.path.islink(os.path.join(current, f)) and inside_root(os.path.join(current, f)))
         )
         for file in sorted(files):
             path = os.path.join(current, file)
@@ -101,8 +104,8 @@ def _drop_unreadable(paths, labels, on_corrupt):
             "Remove or replace them, or pass on_corrupt='skip' to leave them out."
         )
     warnings.warn(f"Skipping {len(bad)} unreadable image files:\n  {listing}", stacklevel=3)
-    kept = [(p, l) for p, l in zip(paths, labels) if not problems[p]]
-    return [p for p, _ in kept], [l for _, l in kept]
+    kept = [(path, label) for path, label in zip(paths, labels) if not problems[path]]
+    return [path for path, _ in kept], [label for _, label in kept]
 
 
 def _decode_file(path):
@@ -257,8 +260,8 @@ def from_tfds(
 
     builder = tfds.builder(name, data_dir=data_dir)
     features = builder.info.features
-    image_feature = features[image_key] if image_key in features else None
-    label_feature = features[label_key] if label_key in features else None
+    image_feature = features.get(image_key, None)
+    label_feature = features.get(label_key, None)
     if not isinstance(image_feature, tfds.features.Image) or not isinstance(label_feature, tfds.features.ClassLabel):
         raise ValueError(
             f"{name!r} is not an image-classification dataset with an Image "
@@ -271,7 +274,5 @@ def from_tfds(
     read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=4 if training else 1)
     examples = builder.as_dataset(split=split, shuffle_files=training, read_config=read_config)
     examples = examples.map(lambda example: (example[image_key], tf.cast(example[label_key], tf.int32)))
-    dataset = build_pipeline(
-        examples, label_feature.num_classes, training=training, shuffle_buffer=10_000, **options
-    )
+    dataset = build_pipeline(examples, label_feature.num_classes, training=training, shuffle_buffer=10_000, **options)
     return _with_metadata(dataset, label_feature.names)

@@ -81,6 +81,6 @@ def frozen_graph(model):
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     spec = model.inputs[0]
-    signature = tf.TensorSpec((None,) + tuple(spec.shape[1:]), spec.dtype)
+    signature = tf.TensorSpec((None, *tuple(spec.shape[1:])), spec.dtype)
     graph = tf.function(lambda inputs: model(inputs, training=False))
     return convert_variables_to_constants_v2(graph.get_concrete_function(signature))

@@ -163,16 +163,13 @@ def check_output_path(path, kind):
         )
     if kind == "file" and os.path.isdir(path):
         raise FileExistsError(
-            f"{path} is an existing folder, but the export writes a file there. Pass a file path "
-            "such as model.tflite."
+            f"{path} is an existing folder, but the export writes a file there. Pass a file path such as model.tflite."
         )
     parent = os.path.dirname(path)
     while not os.path.exists(parent):  # the root always exists
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise FileExistsError(
-            f"Cannot write {path}: {parent} is a file, not a folder. Choose a path under a folder."
-        )
+        raise FileExistsError(f"Cannot write {path}: {parent} is a file, not a folder. Choose a path under a folder.")
 
 
 def make_folders(directory):
@@ -369,7 +366,10 @@ def _write_in_tensorflow_process(model, path, spec, warmup, modules=()):
         environment = dict(os.environ, KERAS_BACKEND="tensorflow", PYTHONPATH=search_path)
         result = subprocess.run(
             [sys.executable, "-m", "keras_metaformer.export.saved_model", model_file, spec_file, path],
-            env=environment, capture_output=True, text=True, check=False,
+            env=environment,
+            capture_output=True,
+            text=True,
+            check=False,
         )
     if result.returncode != 0:
         hint = ""

@@ -92,8 +92,14 @@ def warmup_images(image_size, seed=0):
     """One smooth RGB test image, float32 `[0, 255]`, and its JPEG and PNG encodings."""
     rng = np.random.default_rng(seed)
     ramp = np.linspace(0, 255, image_size, dtype="float32")
-    image = np.stack([ramp[None, :].repeat(image_size, 0), ramp[:, None].repeat(image_size, 1),
-                      rng.uniform(0, 255, (image_size, image_size)).astype("float32")], axis=-1)
+    image = np.stack(
+        [
+            ramp[None, :].repeat(image_size, 0),
+            ramp[:, None].repeat(image_size, 1),
+            rng.uniform(0, 255, (image_size, image_size)).astype("float32"),
+        ],
+        axis=-1,
+    )
     image = np.round(image)
     import tensorflow as tf
 

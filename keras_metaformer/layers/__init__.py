@@ -31,6 +31,7 @@ from keras_metaformer.layers.token_mixers import token_mixer_names
 Scale = LayerScale
 
 __all__ = [
+    "NORMS",
     "AttentionMixer",
     "DropPath",
     "GroupNormalization",
@@ -39,7 +40,6 @@ __all__ = [
     "MetaFormerBlock",
     "Mlp",
     "MlpHead",
-    "NORMS",
     "PatchEmbedding",
     "PoolMixer",
     "RandomMixer",

@@ -2,7 +2,6 @@ import keras
 from keras import ops
 
 from keras_metaformer.arguments import check_int
-
 from keras_metaformer.layers.token_mixers import register_token_mixer
 
 
@@ -42,12 +41,8 @@ class AttentionMixer(keras.layers.Layer):
         channels = input_shape[-1]
         self.num_heads = max(channels // self.head_dim, 1)
         attention_dim = self.num_heads * self.head_dim
-        self.qkv = keras.layers.Dense(
-            3 * attention_dim, use_bias=self.use_bias, dtype=self.dtype_policy, name="qkv"
-        )
-        self.proj = keras.layers.Dense(
-            channels, use_bias=self.use_bias, dtype=self.dtype_policy, name="proj"
-        )
+        self.qkv = keras.layers.Dense(3 * attention_dim, use_bias=self.use_bias, dtype=self.dtype_policy, name="qkv")
+        self.proj = keras.layers.Dense(channels, use_bias=self.use_bias, dtype=self.dtype_policy, name="proj")
         self.qkv.build(input_shape)
         self.proj.build((*input_shape[:-1], attention_dim))
 

@@ -114,35 +114,24 @@ class MetaFormerBlock(keras.layers.Layer):
                 if token_mixer != "pool":
                     raise ValueError(_POOL_SIZE_ERROR.format(token_mixer))
                 options["pool_size"] = pool_size
-            self.token_mixer = get_token_mixer(
-                token_mixer, name="token_mixer", dtype=policy, **options
-            )
+            self.token_mixer = get_token_mixer(token_mixer, name="token_mixer", dtype=policy, **options)
         self._token_mixer_identifier = token_mixer
 
         self.norm1, self.norm2 = (
-            get_norm(norm, norm_epsilon, name=name, center=norm_use_bias, dtype=policy)
-            for name in ("norm1", "norm2")
+            get_norm(norm, norm_epsilon, name=name, center=norm_use_bias, dtype=policy) for name in ("norm1", "norm2")
         )
-        self.mlp = Mlp(
-            mlp_ratio, activation, use_bias=use_bias, dtype=policy, name="mlp"
-        )
+        self.mlp = Mlp(mlp_ratio, activation, use_bias=use_bias, dtype=policy, name="mlp")
         self.layer_scale1 = self.layer_scale2 = None
         if layer_scale_init_value is not None:
-            self.layer_scale1 = LayerScale(
-                layer_scale_init_value, dtype=policy, name="layer_scale1"
-            )
-            self.layer_scale2 = LayerScale(
-                layer_scale_init_value, dtype=policy, name="layer_scale2"
-            )
+            self.layer_scale1 = LayerScale(layer_scale_init_value, dtype=policy, name="layer_scale1")
+            self.layer_scale2 = LayerScale(layer_scale_init_value, dtype=policy, name="layer_scale2")
         self.res_scale1 = self.res_scale2 = None
         if res_scale_init_value is not None:
             self.res_scale1 = LayerScale(res_scale_init_value, dtype=policy, name="res_scale1")
             self.res_scale2 = LayerScale(res_scale_init_value, dtype=policy, name="res_scale2")
         self.drop_path = None
         if drop_path_rate > 0:
-            self.drop_path = DropPath(
-                drop_path_rate, seed=seed, dtype=policy, name="drop_path"
-            )
+            self.drop_path = DropPath(drop_path_rate, seed=seed, dtype=policy, name="drop_path")
 
     def build(self, input_shape):
         for layer in (

@@ -68,9 +68,7 @@ def _shifted_sums(x, taps):
     half = size // 2
     height, width = x.shape[1], x.shape[2]
     padded = ops.pad(x, [[0, 0], [half, half], [half, half], [0, 0]])
-    return sum(
-        padded[:, i : i + height, j : j + width] * taps[i, j] for i in range(size) for j in range(size)
-    )
+    return sum(padded[:, i : i + height, j : j + width] * taps[i, j] for i in range(size) for j in range(size))
 
 
 # Side of the blocks of positions that `_tap_gradient` sums in one fused
@@ -115,8 +113,8 @@ def _tap_gradient(x, upstream, size):
             ops.map(
                 chunk_taps,
                 (
-                    ops.reshape(padded, (-1, chunk) + tuple(padded.shape[1:])),
-                    ops.reshape(gradient, (-1, chunk) + tuple(gradient.shape[1:])),
+                    ops.reshape(padded, (-1, chunk, *tuple(padded.shape[1:]))),
+                    ops.reshape(gradient, (-1, chunk, *tuple(gradient.shape[1:]))),
                 ),
             ),
             axis=0,
@@ -151,8 +149,7 @@ def _block_sums(images, gradients, offset, span):
     """
     (i, j), (span_h, span_w) = offset, span
     return sum(
-        images[:, i + a : i + a + span_h : _BLOCK, j + b : j + b + span_w : _BLOCK]
-        * gradients[:, a::_BLOCK, b::_BLOCK]
+        images[:, i + a : i + a + span_h : _BLOCK, j + b : j + b + span_w : _BLOCK] * gradients[:, a::_BLOCK, b::_BLOCK]
         for a in range(_BLOCK)
         for b in range(_BLOCK)
     )

@@ -2,7 +2,6 @@ import keras
 from keras import ops
 
 from keras_metaformer.arguments import check_finite
-
 from keras_metaformer.layers.positions import as_rows
 from keras_metaformer.layers.positions import positions_shape
 

@@ -53,9 +53,7 @@ class Mlp(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="fc1",
         )
-        self.fc2 = keras.layers.Dense(
-            channels, use_bias=self.use_bias, dtype=self.dtype_policy, name="fc2"
-        )
+        self.fc2 = keras.layers.Dense(channels, use_bias=self.use_bias, dtype=self.dtype_policy, name="fc2")
         self.fc1.build(input_shape)
         hidden_shape = self.fc1.compute_output_shape(input_shape)
         self.act.build(hidden_shape)

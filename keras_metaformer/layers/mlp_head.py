@@ -37,9 +37,7 @@ class MlpHead(keras.layers.Layer):
         self.mlp_ratio = check_positive("mlp_ratio", mlp_ratio)
         self.norm_epsilon = check_positive("norm_epsilon", norm_epsilon)
         self.activation = keras.activations.get(check_activation(activation))
-        self.norm = keras.layers.LayerNormalization(
-            epsilon=norm_epsilon, dtype=self.dtype_policy, name="norm"
-        )
+        self.norm = keras.layers.LayerNormalization(epsilon=norm_epsilon, dtype=self.dtype_policy, name="norm")
         self.fc2 = keras.layers.Dense(classes, dtype=self.dtype_policy, name="fc2")
 
     def build(self, input_shape):

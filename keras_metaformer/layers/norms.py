@@ -79,13 +79,9 @@ def get_norm(norm, epsilon, name=None, center=True, dtype=None):
         dtype: the layer's dtype policy.
     """
     if norm == "group":
-        return GroupNormalization(
-            groups=1, epsilon=epsilon, center=center, name=name, dtype=dtype
-        )
+        return GroupNormalization(groups=1, epsilon=epsilon, center=center, name=name, dtype=dtype)
     if norm == "layer":
-        return keras.layers.LayerNormalization(
-            epsilon=epsilon, center=center, name=name, dtype=dtype
-        )
+        return keras.layers.LayerNormalization(epsilon=epsilon, center=center, name=name, dtype=dtype)
     check_norm(norm)
     return keras.layers.BatchNormalization(epsilon=epsilon, center=center, name=name, dtype=dtype)
 

@@ -3,7 +3,6 @@ from keras import ops
 
 from keras_metaformer.arguments import check_int
 from keras_metaformer.arguments import check_positive
-
 from keras_metaformer.layers.compilation import compiled_by_jax_for_cpu
 from keras_metaformer.layers.strided_conv import strided_conv2d
 
@@ -56,8 +55,7 @@ class PatchEmbedding(keras.layers.Layer):
         super().__init__(**kwargs)
         if norm not in (None, "pre", "post"):
             raise ValueError(
-                "`norm` must be None, 'pre' (before the convolution) or "
-                f"'post' (after it). Received: norm={norm!r}"
+                f"`norm` must be None, 'pre' (before the convolution) or 'post' (after it). Received: norm={norm!r}"
             )
         self.filters = check_int("filters", filters)
         self.kernel_size = check_int("kernel_size", kernel_size)

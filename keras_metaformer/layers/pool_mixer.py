@@ -68,9 +68,7 @@ class PoolMixer(keras.layers.Layer):
             return self._window_means(inputs, height, width) - inputs
         # Keras' "same" average pooling excludes the padding from the count
         # on every backend, which is what the reference implementation does.
-        pooled = ops.average_pool(
-            inputs, pool_size=self.pool_size, strides=1, padding="same"
-        )
+        pooled = ops.average_pool(inputs, pool_size=self.pool_size, strides=1, padding="same")
         return pooled - inputs
 
     def _window_means(self, inputs, height, width):

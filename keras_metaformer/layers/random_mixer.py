@@ -2,7 +2,6 @@ import keras
 from keras import ops
 
 from keras_metaformer.arguments import check_int
-
 from keras_metaformer.layers.token_mixers import register_token_mixer
 
 

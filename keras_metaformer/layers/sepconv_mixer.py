@@ -50,8 +50,7 @@ class SepConvMixer(keras.layers.Layer):
         kernel_size = check_int("kernel_size", kernel_size)
         if kernel_size % 2 == 0:
             raise ValueError(
-                "`kernel_size` must be odd so that the padding is symmetric. "
-                f"Received: kernel_size={kernel_size}"
+                f"`kernel_size` must be odd so that the padding is symmetric. Received: kernel_size={kernel_size}"
             )
         self.expansion_ratio = check_positive("expansion_ratio", expansion_ratio)
         self.kernel_size = kernel_size
@@ -67,9 +66,7 @@ class SepConvMixer(keras.layers.Layer):
 
     def build(self, input_shape):
         hidden = int(self.expansion_ratio * input_shape[-1])
-        self.pwconv1 = keras.layers.Dense(
-            hidden, use_bias=self.use_bias, dtype=self.dtype_policy, name="pwconv1"
-        )
+        self.pwconv1 = keras.layers.Dense(hidden, use_bias=self.use_bias, dtype=self.dtype_policy, name="pwconv1")
         self.pwconv2 = keras.layers.Dense(
             input_shape[-1], use_bias=self.use_bias, dtype=self.dtype_policy, name="pwconv2"
         )

@@ -37,6 +37,9 @@ from keras_metaformer.models.variants import FAMILIES
 
 __all__ = [
     "BUILDERS",
+    "FAMILIES",
+    "POOLFORMER_BUILDERS",
+    "POOLFORMER_VARIANTS",
     "CAFormerB36",
     "CAFormerM36",
     "CAFormerS18",
@@ -45,16 +48,12 @@ __all__ = [
     "ConvFormerM36",
     "ConvFormerS18",
     "ConvFormerS36",
-    "FAMILIES",
     "IdentityFormerM36",
     "IdentityFormerM48",
     "IdentityFormerS12",
     "IdentityFormerS24",
     "IdentityFormerS36",
     "MetaFormer",
-    "POOLFORMER_BUILDERS",
-    "POOLFORMER_VARIANTS",
-    "pyramid_outputs",
     "PoolFormerM36",
     "PoolFormerM48",
     "PoolFormerS12",
@@ -70,4 +69,5 @@ __all__ = [
     "RandFormerS12",
     "RandFormerS24",
     "RandFormerS36",
+    "pyramid_outputs",
 ]

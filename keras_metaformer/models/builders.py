@@ -62,10 +62,7 @@ Example:
 
 def _weights_note(arch, tags):
     if tags:
-        return (
-            f"Pretrained weights are timm's `{arch}.<tag>`, numerically identical "
-            "to the PyTorch reference."
-        )
+        return f"Pretrained weights are timm's `{arch}.<tag>`, numerically identical to the PyTorch reference."
     url = AUTHORS_ONLY_WEIGHTS[arch]
     return (
         "timm publishes no weights for it; the authors' PyTorch checkpoint "

@@ -143,8 +143,7 @@ def per_stage(name, value, num_stages):
         return [value] * num_stages
     if len(value) != num_stages:
         raise ValueError(
-            f"`{name}` must be one value or one per stage. Received: "
-            f"{name}={value} for {num_stages} stages."
+            f"`{name}` must be one value or one per stage. Received: {name}={value} for {num_stages} stages."
         )
     return list(value)
 
@@ -155,10 +154,7 @@ def _check_arguments(depths, dims, pooling, head):
     depths = check_int_sequence("depths", depths)
     dims = check_int_sequence("dims", dims)
     if len(depths) != len(dims):
-        raise ValueError(
-            "`depths` and `dims` need one entry per stage. Received: "
-            f"depths={depths} and dims={dims}."
-        )
+        raise ValueError(f"`depths` and `dims` need one entry per stage. Received: depths={depths} and dims={dims}.")
     if head not in HEADS:
         raise ValueError(f"`head` must be one of {list(HEADS)}. Received: head={head!r}")
     if pooling not in POOLINGS:
@@ -199,8 +195,7 @@ def _input_shape(input_shape, input_tensor, include_top, include_preprocessing, 
         input_shape = (*size, 3) if include_top else (None, None, 3)
     if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__len__") or len(input_shape) != 3:
         raise ValueError(
-            "`input_shape` must be (height, width, channels), channels last. "
-            f"Received: input_shape={input_shape!r}"
+            f"`input_shape` must be (height, width, channels), channels last. Received: input_shape={input_shape!r}"
         )
     message = (
         "`input_shape` must be (height, width, channels): positive integers, or None for "
@@ -360,14 +355,10 @@ def build_metaformer(
 
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = keras.layers.LayerNormalization(
-            epsilon=HEAD_NORM_EPSILON, name="head_norm"
-        )(x)
+        x = keras.layers.LayerNormalization(epsilon=HEAD_NORM_EPSILON, name="head_norm")(x)
         # Float32 outputs keep softmax stable under mixed precision.
         if head == "mlp":
-            classifier = MlpHead(
-                classes, activation=classifier_activation, dtype="float32", name="predictions"
-            )
+            classifier = MlpHead(classes, activation=classifier_activation, dtype="float32", name="predictions")
         else:
             classifier = keras.layers.Dense(
                 classes, activation=classifier_activation, dtype="float32", name="predictions"
@@ -410,7 +401,7 @@ def pyramid_outputs(model):
     >>> import keras, keras_metaformer
     >>> backbone = keras_metaformer.PoolFormerS12(weights=None, include_top=False)
     >>> features = keras.Model(backbone.inputs, pyramid_outputs(backbone))
-    >>> {k: tuple(v.shape) for k, v in features.output.items()}
-    {'P2': (None, None, None, 64), 'P3': (None, None, None, 128), 'P4': (None, None, None, 320), 'P5': (None, None, None, 512)}
+    >>> {k: tuple(v.shape)[-1] for k, v in features.output.items()}
+    {'P2': 64, 'P3': 128, 'P4': 320, 'P5': 512}
     """
     return {level: model.get_layer(name).output for level, name in pyramid_layer_names(model).items()}

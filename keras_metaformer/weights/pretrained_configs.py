@@ -116,14 +116,10 @@ def get_pretrained_config(arch, tag=IMAGENET_ALIAS):
     if not tags:
         archs = sorted({c.arch for c in _CONFIGS})
         raise ValueError(
-            f"No pretrained weights are known for architecture {arch!r}. "
-            f"Architectures with weights: {archs}."
+            f"No pretrained weights are known for architecture {arch!r}. Architectures with weights: {archs}."
         )
     if tag == IMAGENET_ALIAS:
         tag = tags[0]
     if tag not in tags:
-        raise ValueError(
-            f"Unknown weight tag {tag!r} for {arch}. Expected "
-            f"{IMAGENET_ALIAS!r} or one of {tags}."
-        )
+        raise ValueError(f"Unknown weight tag {tag!r} for {arch}. Expected {IMAGENET_ALIAS!r} or one of {tags}.")
     return PRETRAINED_CONFIGS[f"{arch}.{tag}"]

@@ -107,8 +107,7 @@ def read_checkpoint(source):
                 return {key: archive[key] for key in archive.files}
         except Exception as error:
             raise CheckpointReadError(
-                f"{path!r} is not a readable .npz file; it is corrupt or "
-                f"truncated ({type(error).__name__}: {error})."
+                f"{path!r} is not a readable .npz file; it is corrupt or truncated ({type(error).__name__}: {error})."
             ) from error
     raise CheckpointReadError(
         f"Unsupported checkpoint file {path!r}. Expected a timm "
@@ -218,8 +217,7 @@ def timm_key_map(model):
             key = ".".join([prefix, *relative[:-1], _VARIABLE_NAMES[relative[-1]]])
             if key in mapping:
                 raise ValueError(
-                    f"Variables {mapping[key].path!r} and {variable.path!r} "
-                    f"both map to checkpoint key {key!r}."
+                    f"Variables {mapping[key].path!r} and {variable.path!r} both map to checkpoint key {key!r}."
                 )
             mapping[key] = variable
     return mapping
@@ -330,8 +328,7 @@ def _match(model, state):
         value = to_keras_layout(state[key], variable.shape, key)
         if value is None:
             mismatched.append(
-                f"{key}: checkpoint {tuple(state[key].shape)}, model "
-                f"{tuple(variable.shape)} ({variable.path})"
+                f"{key}: checkpoint {tuple(state[key].shape)}, model {tuple(variable.shape)} ({variable.path})"
             )
         else:
             values[key] = value

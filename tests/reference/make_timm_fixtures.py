@@ -45,7 +45,7 @@ import types
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reference_weights import reference_weights  # noqa: E402
+from reference_weights import reference_weights
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 VARIANTS = ("s12", "s24", "s36", "m36", "m48")
@@ -295,7 +295,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--full", metavar="DIR", help="write full-size references to DIR")
     parser.add_argument(
-        "--archs", nargs="+", default=FULL_ARCHS,
+        "--archs",
+        nargs="+",
+        default=FULL_ARCHS,
         help="with --full: timm names, NAME@384 for 384x384 input (default: all timm families)",
     )
     args = parser.parse_args()
