@@ -40,7 +40,9 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     >>> start = checkpoint.restore(model)  # 0: nothing saved yet
     >>> _ = model.fit(np.zeros((4, 2)), np.zeros((4, 1)), epochs=2,
     ...               initial_epoch=start, callbacks=[checkpoint], verbose=0)
-    >>> checkpoint.restore(model)  # the next run would start at epoch 2
+    >>> checkpoint.saved_epoch()  # the next run would start at epoch 2
+    2
+    >>> checkpoint.restore(model)
     2
     >>> scratch.cleanup()
     """
@@ -52,6 +54,17 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     @property
     def state_path(self):
         return os.path.join(self.directory, STATE_FILE)
+
+    def saved_epoch(self):
+        """The epoch the last complete checkpoint was saved after; 0 if none.
+
+        Reads only `state.json`, not the weights: a training run with phases
+        that compile different optimizers asks which phase the checkpoint
+        belongs to before restoring it into that phase's model.
+        """
+        if not os.path.exists(self.state_path):
+            return 0
+        return self._read_state()[0]
 
     def restore(self, model):
         """Loads the last complete checkpoint into `model`; returns its epoch.

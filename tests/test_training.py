@@ -116,7 +116,9 @@ def test_a_run_killed_mid_epoch_resumes_without_repeating_epochs(tmp_path):
     # The checkpoint left behind is whole: it loads into a fresh model.
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
     model.compile(keras.optimizers.Adam(1e-3), "mse")
-    assert ResumableCheckpoint(str(tmp_path / "checkpoints")).restore(model) == saved["epoch"]
+    left_behind = ResumableCheckpoint(str(tmp_path / "checkpoints"))
+    assert left_behind.saved_epoch() == saved["epoch"]
+    assert left_behind.restore(model) == saved["epoch"]
 
     finished = subprocess.run(command, capture_output=True, text=True, timeout=240)
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -223,6 +225,8 @@ def test_a_corrupt_state_file_is_named(tmp_path, content, error_type, message):
     expected = message.format(state=re.escape(str(tmp_path / "state.json")), directory=re.escape(str(tmp_path)))
     with pytest.raises(error_type, match=expected + ".*another directory than"):
         checkpoint.restore(model)
+    with pytest.raises(error_type, match=expected):  # asking only which epoch reads the same file
+        checkpoint.saved_epoch()
 
 
 def test_restoring_into_an_uncompiled_model_says_to_compile_first(tmp_path):
