@@ -456,3 +456,31 @@ def test_a_layer_defined_in_main_is_refused_before_writing(tmp_path):
     with pytest.raises(ValueError, match=refused):
         export.export_saved_model(_model_with(InMain()), tmp_path / "serving")
     assert os.listdir(tmp_path) == []
+
+
+def test_the_export_modules_import_one_another_without_a_cycle():
+    # Imports inside functions count too: a cycle hidden in a function is
+    # still a cycle, and breaks as soon as either import moves to the top.
+    import ast
+
+    folder = os.path.dirname(export.__file__)
+    modules = {name[:-3] for name in os.listdir(folder) if name.endswith(".py") and name != "__init__.py"}
+    imports = {}
+    for module in modules:
+        with open(os.path.join(folder, f"{module}.py")) as f:
+            tree = ast.parse(f.read())
+        names = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        imports[module] = {name.rsplit(".", 1)[1] for name in names if name.rsplit(".", 1)[0] == export.__name__}
+
+    def cycle_from(module, path):
+        if module in path:
+            return [*path[path.index(module) :], module]
+        for imported in sorted(imports.get(module, ())):
+            found = cycle_from(imported, [*path, module])
+            if found:
+                return found
+        return None
+
+    for module in sorted(modules):
+        assert cycle_from(module, []) is None, " -> ".join(cycle_from(module, []))
+    assert export.CLASSIFY == "classify_images" and export.SERVING_DEFAULT == "serving_default"

@@ -15,13 +15,13 @@ Example:
 """
 
 from keras_metaformer.export.frozen import frozen_function
-from keras_metaformer.export.saved_model import CLASSIFY
-from keras_metaformer.export.saved_model import SERVING_DEFAULT
 from keras_metaformer.export.saved_model import export_saved_model
 from keras_metaformer.export.serving import grpc_request
 from keras_metaformer.export.serving import rest_request
 from keras_metaformer.export.serving import write_models_config
 from keras_metaformer.export.serving import write_warmup_requests
+from keras_metaformer.export.signatures import CLASSIFY
+from keras_metaformer.export.signatures import SERVING_DEFAULT
 from keras_metaformer.export.tflite import QUANTIZATIONS
 from keras_metaformer.export.tflite import export_tflite
 from keras_metaformer.export.tflite import run_tflite

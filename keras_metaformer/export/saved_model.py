@@ -10,18 +10,19 @@ import tempfile
 import keras
 import numpy as np
 
+from keras_metaformer.export.serving import write_models_config
+from keras_metaformer.export.serving import write_warmup_requests
+from keras_metaformer.export.signatures import CLASSIFY
+from keras_metaformer.export.signatures import CLASSIFY_OUTPUTS
+from keras_metaformer.export.signatures import IMAGE_BYTES
+from keras_metaformer.export.signatures import IMAGES
+from keras_metaformer.export.signatures import PROBABILITIES
+from keras_metaformer.export.signatures import SERVING_DEFAULT
 from keras_metaformer.imagenet import imagenet_classes
 from keras_metaformer.weights.pretrained_configs import PRETRAINED_CONFIGS
 from keras_metaformer.weights.pretrained_configs import PretrainedConfig
 from keras_metaformer.weights.pretrained_configs import get_pretrained_config
 
-# Signature and tensor names; TF Serving requests and tests refer to them.
-SERVING_DEFAULT = "serving_default"
-CLASSIFY = "classify_images"
-IMAGES = "images"
-IMAGE_BYTES = "image_bytes"
-PROBABILITIES = "probabilities"
-CLASSIFY_OUTPUTS = ("class_ids", "class_names", "scores")
 # saved_model.pb is one protocol buffer, which cannot exceed 2 GiB; constant
 # weights must leave room for the rest of the graph.
 CONSTANT_WEIGHTS_LIMIT = 2**31 - 2**27
@@ -147,8 +148,6 @@ def export_saved_model(
     except BaseException:
         remove_empty_folders(directory, created)
         raise
-    from keras_metaformer.export.serving import write_models_config
-
     write_models_config(directory, spec["model_name"])
     return target
 
@@ -317,8 +316,6 @@ def _write(model, path, spec, warmup):
     archive.add_endpoint(CLASSIFY, classify, [tf.TensorSpec((None,), tf.string, name=IMAGE_BYTES)])
     archive.write_out(path, verbose=False)
     if warmup:
-        from keras_metaformer.export.serving import write_warmup_requests
-
         write_warmup_requests(path, spec["model_name"], size)
 
 

@@ -11,10 +11,10 @@ import os
 
 import numpy as np
 
-from keras_metaformer.export.saved_model import CLASSIFY
-from keras_metaformer.export.saved_model import IMAGE_BYTES
-from keras_metaformer.export.saved_model import IMAGES
-from keras_metaformer.export.saved_model import SERVING_DEFAULT
+from keras_metaformer.export.signatures import CLASSIFY
+from keras_metaformer.export.signatures import IMAGE_BYTES
+from keras_metaformer.export.signatures import IMAGES
+from keras_metaformer.export.signatures import SERVING_DEFAULT
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
