@@ -10,6 +10,16 @@ Hardware:  the authors trained on 8 GPUs; 300 epochs of S12 take a few GPU-days.
            Not run here: on a 2-core CPU one epoch would take about a week.
 Result:    the paper's ImageNet top-1 after 300 epochs: S12 77.2, S24 80.3,
            S36 81.4, M36 82.1, M48 82.5. Not reproduced by us.
+Writes:    into --output (default imagenet_output/):
+             model.keras          the trained classifier (logits out); keras.saving.load_model reads it
+             log.csv              loss, top-1 and top-5 accuracy per epoch, training and validation
+             learning_curves.png  loss and top-1 curves, titled with the model and the data set
+             checkpoints/         while training: state.json and epoch-NNNN.weights.h5, the last
+                                  finished epoch's weights and optimizer state, from which a killed
+                                  run resumes; deleted after a successful run unless --keep-checkpoints
+           Under --distribution multi-worker, each non-chief worker writes the same
+           into <output>/worker-N/. TFDS builds imagenet2012 in --tfds-data-dir
+           (default ~/tensorflow_datasets/) once.
 
 Recipe (the authors'): AdamW, peak learning rate 1e-3 x effective batch /
 1024, weight decay 0.05 except on norms, biases and layer scales, 5 linear
@@ -34,7 +44,6 @@ import training_setup
 
 import keras_metaformer
 from keras_metaformer import data
-from keras_metaformer.callbacks import ResumableCheckpoint
 from keras_metaformer.models import POOLFORMER_VARIANTS
 from keras_metaformer.training import adamw
 from keras_metaformer.training import scaled_learning_rate
@@ -42,7 +51,11 @@ from keras_metaformer.training import warmup_cosine
 
 
 def parse_arguments(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=training_setup.docstring_section(__doc__, "Writes:"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     training_setup.add_arguments(parser, batch_size=1024, epochs=300)
     parser.add_argument("--data-dir", help="folder with train/<class>/ and val/<class>/ images")
     parser.add_argument("--manual-dir", help="folder with the ILSVRC2012 tar files (TFDS imagenet2012)")
@@ -51,7 +64,7 @@ def parse_arguments(argv):
     parser.add_argument("--warmup-epochs", type=int, default=5)
     parser.add_argument("--accumulate", type=int, default=1, help="gradient accumulation steps")
     parser.add_argument("--ema", type=float, help="EMA momentum, e.g. 0.9998 (default: no EMA)")
-    parser.add_argument("--output", default="imagenet_output")
+    parser.add_argument("--output", default="imagenet_output", help="the folder to write into (see below)")
     args = parser.parse_args(argv)
     args.weights = "none"  # from scratch
     if args.smoke:
@@ -131,13 +144,14 @@ def train(args, manual_dir):
             ],
             jit_compile=args.jit_compile or "auto",
         )
-    checkpoint = ResumableCheckpoint(paths["checkpoints"])
+    checkpoint = training_setup.open_checkpoint(paths)
     initial_epoch = checkpoint.restore(model)
     model.fit(
         train_data,
         validation_data=val_data,
         epochs=args.epochs,
         initial_epoch=initial_epoch,
+        shuffle=False,  # the tf.data pipeline shuffles; Keras would warn that it cannot
         callbacks=[checkpoint, keras.callbacks.CSVLogger(paths["log"], append=True)],
         verbose=1 if sys.stdout.isatty() else 2,
     )
@@ -145,8 +159,15 @@ def train(args, manual_dir):
         # Evaluate and save the averaged weights, as the authors report them.
         optimizer.finalize_variable_values(model.trainable_variables)
     model.save(paths["model"])
-    training_setup.plot_learning_curves(paths["log"], paths["plot"])
-    print(f"Wrote {paths['model']}, {paths['log']}, {paths['plot']}")
+    if args.data_dir:
+        data_name = os.path.basename(os.path.normpath(args.data_dir))
+    else:
+        data_name = "mock imagenet2012" if args.smoke else "imagenet2012"
+    model_name = training_setup.model_label(args.variant, args.smoke)
+    title = f"{model_name} on {data_name}, {args.image_size}x{args.image_size}, from scratch"
+    training_setup.plot_learning_curves(paths["log"], paths["plot"], title)
+    checkpoints = training_setup.finish_checkpoints(paths, args.keep_checkpoints)
+    print(f"Wrote {paths['model']}, {paths['log']}, {paths['plot']}; {checkpoints}")
 
 
 def main(argv=None):

@@ -1,14 +1,16 @@
-"""What the training recipes share: precision, XLA, distribution, logs, plots."""
+"""What the training recipes share: precision, XLA, distribution, outputs, plots."""
 
 import contextlib
 import csv
 import json
 import os
+import shutil
 import socket
 
 import keras
 
 import keras_metaformer
+from keras_metaformer.callbacks import ResumableCheckpoint
 from keras_metaformer.malloc import retain_freed_memory
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -36,7 +38,33 @@ def add_arguments(parser, *, batch_size, epochs):
         help="keep freed memory for reuse (faster steps on a CPU; the process keeps its peak "
         "memory), or leave glibc's malloc as configured",
     )
+    parser.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep <output>/checkpoints/ after a successful run (by default it is deleted; "
+        "it is only needed to resume a killed run)",
+    )
     parser.add_argument("--smoke", action="store_true", help="a few steps on tiny data (CI)")
+
+
+def docstring_section(doc, heading):
+    """The block of a recipe's header that starts with `heading` ("Writes:"), for `--help`.
+
+    The block ends at the next heading or the blank line after the header.
+    """
+    lines = doc.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading))
+    end = start + 1
+    while end < len(lines) and lines[end].startswith(" "):
+        end += 1
+    return "\n".join(lines[start:end])
+
+
+def model_label(variant, smoke):
+    """How plots name the model: `PoolFormer-S12 (poolformer_s12)`."""
+    if smoke:
+        return "a tiny MetaFormer (--smoke)"
+    return f"PoolFormer-{variant.upper()} (poolformer_{variant})"
 
 
 def configure(args):
@@ -111,8 +139,13 @@ def read_log(path):
         return list(csv.DictReader(file))
 
 
-def plot_learning_curves(log_path, png_path, boundary=None):
-    """Loss and accuracy per epoch from a `CSVLogger` file, as a PNG."""
+def plot_learning_curves(log_path, png_path, title, boundary=None):
+    """Loss and accuracy per epoch from a `CSVLogger` file, as a PNG; returns the figure.
+
+    `title` names the model and the data, e.g. "PoolFormer-S12
+    (poolformer_s12) on digits, 32x32": a plot passed around on its own
+    says what it shows. It is also the PNG's `Title` text chunk.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,7 +153,8 @@ def plot_learning_curves(log_path, png_path, boundary=None):
 
     rows = read_log(log_path)
     epochs = [int(row["epoch"]) + 1 for row in rows]
-    figure, axes = pyplot.subplots(1, 2, figsize=(10, 4))
+    figure, axes = pyplot.subplots(1, 2, figsize=(10, 4.4))
+    figure.suptitle(title)
     for axis, metric in zip(axes, ("loss", "accuracy")):
         for prefix, label in (("", "train"), ("val_", "validation")):
             if prefix + metric in rows[0]:
@@ -131,8 +165,9 @@ def plot_learning_curves(log_path, png_path, boundary=None):
         axis.set_title(metric)
         axis.legend()
     figure.tight_layout()
-    figure.savefig(png_path, dpi=100)
+    figure.savefig(png_path, dpi=100, metadata={"Title": title})
     pyplot.close(figure)
+    return figure
 
 
 def output_paths(directory):
@@ -148,3 +183,26 @@ def output_paths(directory):
     os.makedirs(directory, exist_ok=True)
     names = {"model": "model.keras", "log": "log.csv", "plot": "learning_curves.png", "checkpoints": "checkpoints"}
     return {key: os.path.join(directory, name) for key, name in names.items()}
+
+
+def open_checkpoint(paths):
+    """The run's `ResumableCheckpoint`; a run that starts afresh starts a fresh log.
+
+    The log is appended to when a run resumes. A run that finds no
+    checkpoint (a first run, or a rerun after a finished run deleted its
+    checkpoints) starts at epoch 0 and must not add its rows to the last
+    run's.
+    """
+    checkpoint = ResumableCheckpoint(paths["checkpoints"])
+    if checkpoint.saved_epoch() == 0 and os.path.exists(paths["log"]):
+        os.remove(paths["log"])
+    return checkpoint
+
+
+def finish_checkpoints(paths, keep):
+    """After a successful run: deletes the checkpoints unless `keep`; says which."""
+    if keep:
+        return f"kept {paths['checkpoints']} (--keep-checkpoints)"
+    if os.path.isdir(paths["checkpoints"]):
+        shutil.rmtree(paths["checkpoints"])
+    return f"deleted {paths['checkpoints']} (--keep-checkpoints keeps it)"

@@ -65,16 +65,149 @@ def test_classify_reads_a_16_bit_png_as_the_pipeline_does(tmp_path):
     np.testing.assert_array_equal(image, np.repeat((values >> 8).astype("uint8")[..., None], 3, axis=-1))
 
 
-def test_finetune_smoke_writes_model_log_and_plot(tmp_path):
-    result = run_recipe("--smoke", "--output", str(tmp_path), recipe="finetune.py")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Phase 1: head only, backbone frozen (1 epochs)" in result.stdout
-    assert "Validation accuracy:" in result.stdout
+def documented_outputs(recipe):
+    """The names a recipe's "Writes:" header lists, one per line: model.keras, checkpoints/, ..."""
+    writes = import_recipe("training_setup").docstring_section(import_recipe(recipe).__doc__, "Writes:")
+    return set(re.findall(r"^ {13}(\S+) {2,}\S", writes, re.M))
+
+
+def listing(folder):
+    """Files under `folder`, by relative path."""
+    return {os.path.relpath(os.path.join(root, name), folder) for root, _, names in os.walk(folder) for name in names}
+
+
+def png_title(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return image.info["Title"]
+
+
+def test_finetune_smoke_writes_the_documented_files_and_keeps_only_the_latest_checkpoint(tmp_path):
+    documented = documented_outputs("finetune")
+    assert documented == {"model.keras", "log.csv", "learning_curves.png", "checkpoints/"}
+    kept = run_recipe("--smoke", "--keep-checkpoints", "--output", str(tmp_path), recipe="finetune.py")
+    assert kept.returncode == 0, kept.stderr[-3000:]
+    assert "Phase 1: head only, backbone frozen (1 epochs)" in kept.stdout
+    assert "Validation accuracy:" in kept.stdout
+    # One checkpoint for both phases: the last epoch's, enough to resume.
+    outputs = {"model.keras", "log.csv", "learning_curves.png"}
+    assert listing(tmp_path) == outputs | {"checkpoints/state.json", "checkpoints/epoch-0003.weights.h5"}
     with open(tmp_path / "log.csv") as file:
-        assert [row.split(",")[0] for row in file.read().split()[1:]] == ["0", "1", "2"]
-    assert (tmp_path / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+        log = file.read()
+    assert [row.split(",")[0] for row in log.split()[1:]] == ["0", "1", "2"]
+    title = png_title(tmp_path / "learning_curves.png")
+    assert title.startswith("a tiny MetaFormer (--smoke) on digits, 32x32"), title
     model = keras.saving.load_model(tmp_path / "model.keras")
     assert model.output.shape == (None, 10)
+
+    # Run again without the flag: nothing left to train, and a successful
+    # run deletes its checkpoints.
+    again = run_recipe("--smoke", "--output", str(tmp_path), recipe="finetune.py")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Done in an earlier run: the checkpoint is from epoch 3" in again.stdout
+    assert "Resuming after epoch 3" in again.stdout
+    assert f"deleted {tmp_path / 'checkpoints'} (--keep-checkpoints keeps it)" in again.stdout
+    assert listing(tmp_path) == outputs == {name for name in documented if not name.endswith("/")}
+    assert (tmp_path / "log.csv").read_text() == log
+
+
+def test_finetune_help_lists_what_it_writes(capsys):
+    finetune = import_recipe("finetune")
+    with pytest.raises(SystemExit) as exit_status:
+        finetune.main(["--help"])
+    assert exit_status.value.code == 0
+    text = capsys.readouterr().out
+    assert import_recipe("training_setup").docstring_section(finetune.__doc__, "Writes:") in text
+    assert "--keep-checkpoints" in text
+
+
+def test_finetune_phases_resume_from_one_checkpoint_whichever_phase_saved_it(tmp_path, capsys):
+    import argparse
+
+    import numpy as np
+    import tensorflow as tf
+
+    finetune = import_recipe("finetune")
+    training_setup = import_recipe("training_setup")
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(16, 8)).astype("float32")
+    labels = np.eye(3, dtype="float32")[rng.integers(0, 3, 16)]
+    batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    args = argparse.Namespace(head_epochs=1, epochs=2, head_lr=1e-3, lr=1e-3, jit_compile=False)
+    paths = training_setup.output_paths(str(tmp_path))
+
+    def classifier():
+        backbone = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu")])
+        return keras.Sequential([backbone, keras.layers.Dense(3)]), backbone
+
+    # A run killed after phase 1: its checkpoint holds phase 1's optimizer
+    # (the head's variables only). A log of an older run is not appended to.
+    (tmp_path / "log.csv").write_text("epoch,loss\n0,9.0\n")
+    model, backbone = classifier()
+    backbone.trainable = False
+    checkpoint = training_setup.open_checkpoint(paths)
+    finetune.run_phase(model, keras.optimizers.Adam(), batches, batches, args, checkpoint, range(0, 1), paths["log"])
+    assert checkpoint.saved_epoch() == 1
+
+    # Started again: phase 1 is restored, phase 2 trains with its own optimizer.
+    model, backbone = classifier()
+    finetune.train_in_two_phases(model, backbone, False, batches, batches, args, paths)
+    assert "Resuming after epoch 1" in capsys.readouterr().out
+    assert int(model.optimizer.iterations) == 2 * 4  # phase 2's own: 2 epochs of 4 steps
+    assert sorted(os.listdir(paths["checkpoints"])) == ["epoch-0003.weights.h5", "state.json"]
+    with open(paths["log"]) as file:
+        assert [row.split(",")[0] for row in file.read().split()[1:]] == ["0", "1", "2"]
+    trained = [keras.ops.convert_to_numpy(v) for v in model.weights]
+
+    # Started once more: phase 2's checkpoint is restored into phase 2's model.
+    model, backbone = classifier()
+    finetune.train_in_two_phases(model, backbone, False, batches, batches, args, paths)
+    out = capsys.readouterr().out
+    assert "Done in an earlier run: the checkpoint is from epoch 3" in out and "Resuming after epoch 3" in out
+    for expected, variable in zip(trained, model.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), expected)
+
+
+def test_learning_curves_are_titled_with_the_model_and_the_data(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,accuracy,loss,val_accuracy,val_loss\n0,0.5,1.0,0.4,1.1\n1,0.7,0.8,0.6,0.9\n")
+    title = "PoolFormer-S12 (poolformer_s12) on digits, 32x32"
+    figure = import_recipe("training_setup").plot_learning_curves(log, tmp_path / "curves.png", title, boundary=1)
+    assert figure.get_suptitle() == title
+    assert [axis.get_title() for axis in figure.axes] == ["loss", "accuracy"]
+    assert png_title(tmp_path / "curves.png") == title
+
+
+def test_a_successful_run_deletes_its_checkpoints_unless_told_to_keep_them(tmp_path):
+    training_setup = import_recipe("training_setup")
+    paths = training_setup.output_paths(str(tmp_path))
+    os.makedirs(paths["checkpoints"])
+    (tmp_path / "checkpoints" / "state.json").write_text("{}")
+    assert training_setup.finish_checkpoints(paths, keep=True).startswith("kept ")
+    assert os.listdir(paths["checkpoints"]) == ["state.json"]
+    assert training_setup.finish_checkpoints(paths, keep=False).startswith("deleted ")
+    assert not os.path.exists(paths["checkpoints"])
+    assert training_setup.finish_checkpoints(paths, keep=False).startswith("deleted ")  # none: nothing to do
+
+
+def test_git_ignores_what_the_recipes_write_by_default():
+    # Run from the repository root, the README's commands must not leave
+    # untracked outputs behind (the main job's folder is 175 MB mid-run).
+    if not os.path.exists(os.path.join(REPO, ".git")):
+        pytest.skip("not a git checkout")
+    defaults = set()
+    for name in os.listdir(os.path.join(REPO, "recipes")):
+        if name.endswith(".py"):
+            with open(os.path.join(REPO, "recipes", name)) as file:
+                source = file.read()
+            defaults |= set(re.findall(r'add_argument\("--output", default="([^"]+)"', source))
+            defaults |= set(re.findall(r'parse_arguments\(argv, .*, "([^"]+)"\)', source))
+    assert {"finetune_output", "grad_cam.png", "outputs/detect_shapes"} <= defaults
+    paths = sorted(path if path.endswith(".png") else f"{path}/model.keras" for path in defaults)
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=REPO, capture_output=True, text=True)
+    assert ignored.stdout.split() == paths, ignored.stderr
 
 
 def test_finetune_rejects_images_below_the_minimum_size(tmp_path):
@@ -95,6 +228,13 @@ def test_train_imagenet_smoke_runs_the_recipe_on_mock_imagenet(tmp_path):
     with open(tmp_path / "log.csv") as file:
         header = file.readline().strip().split(",")
     assert {"accuracy", "top5", "val_accuracy", "val_top5"} <= set(header)
+    # The files its header lists, and no checkpoints after a successful run.
+    documented = documented_outputs("train_imagenet")
+    assert documented == {"model.keras", "log.csv", "learning_curves.png", "checkpoints/"}
+    assert listing(tmp_path) == documented - {"checkpoints/"}
+    assert png_title(tmp_path / "learning_curves.png") == (
+        "a tiny MetaFormer (--smoke) on mock imagenet2012, 32x32, from scratch"
+    )
 
 
 def test_evaluate_imagenet_smoke_reports_top1_and_top5():
