@@ -1,5 +1,6 @@
 import importlib.util
 import os
+import re
 
 import keras
 import numpy as np
@@ -71,13 +72,27 @@ def test_grad_cam_takes_numpy_class_indices():
     assert classes.tolist() == [4, 0]
 
 
-def test_grad_cam_recipe_writes_a_png_overlay(tmp_path):
+def test_grad_cam_recipe_writes_an_overlay_with_a_colour_bar_and_a_caption(tmp_path):
+    from PIL import Image
+
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes", "grad_cam.py")
     spec = importlib.util.spec_from_file_location("grad_cam_recipe", path)
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
     output = tmp_path / "overlay.png"
-    heatmap = recipe.main(["--weights", "none", "--output", str(output)])
+    heatmap, figure = recipe.main(["--weights", "none", "--output", str(output)])
     assert heatmap.shape == (7, 7)
-    image = np.asarray(keras.utils.load_img(output))
-    assert image.shape == (224, 224, 3)
+    image, colour_bar = figure.axes
+    assert colour_bar.get_label() == "<colorbar>"
+    assert colour_bar.get_ylabel() == "Grad-CAM heat: evidence for the class (1 = strongest)"
+    (caption,) = [text.get_text() for text in figure.texts]
+    assert re.fullmatch(
+        r"Grad-CAM for class '[^']+' \(n\d{8}\), p=[01]\.\d\d\n"
+        r"layer stage3_block1 of poolformer_s12\nrandom weights \(--weights none\)",
+        caption,
+    ), caption
+    # The photo, at the model's input size, and the heat over it.
+    assert image.images[0].get_array().shape == (224, 224, 3)
+    assert image.images[1].get_array().shape == (224, 224)
+    with Image.open(output) as written:
+        assert written.format == "PNG" and written.info["Title"] == caption
