@@ -19,6 +19,7 @@ import math
 import os
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from keras_metaformer.weights.timm_conversion import CheckpointReadError
@@ -124,21 +125,56 @@ def _reason(error, timeout):
     return f"{type(error).__name__}: {error}"
 
 
+class WeightsDownloadError(OSError):
+    """Pretrained weights could not be downloaded.
+
+    The message says how to pass a local copy instead, in Python; a caller
+    that takes the weights another way (the command line's `--weights`)
+    words it with `message`.
+
+    Attributes:
+        weights: the weights' name, `arch.tag`.
+        url: the file's address.
+        reason: what went wrong, in one line.
+        timeout: the download timeout in seconds.
+        builder_name: the builder that asked for the weights.
+    """
+
+    def __init__(self, weights, url, reason, timeout, builder_name):
+        self.weights = weights
+        self.url = url
+        self.reason = reason
+        self.timeout = timeout
+        self.builder_name = builder_name
+        super().__init__(self.message(f"{builder_name}(weights='/path/to/{self.file_name}')"))
+
+    @property
+    def file_name(self):
+        """The file's name on the server, e.g. `model.safetensors`."""
+        return urllib.parse.urlsplit(self.url).path.rsplit("/", 1)[-1]
+
+    def message(self, pass_a_file):
+        """The error, with `pass_a_file` showing how to pass a downloaded copy."""
+        return (
+            f"Could not download the weights {self.weights!r} from {self.url} "
+            f"({self.reason}). If this machine is offline, download that file "
+            f"on one that is online and pass its path: `{pass_a_file}`. To use "
+            "a Hugging Face Hub mirror, set the HF_ENDPOINT environment "
+            f"variable; on a slow network, raise {TIMEOUT_VARIABLE} (now "
+            f"{self.timeout:g} s)."
+        )
+
+    def __reduce__(self):  # copy and pickle rebuild it from its fields, not its message
+        return type(self), (self.weights, self.url, self.reason, self.timeout, self.builder_name)
+
+
 def _download(config, path, builder_name):
     timeout = download_timeout()
     try:
         _fetch(config.url, path, timeout)
     except (OSError, http.client.HTTPException, ValueError) as error:
         # One exception, not urllib's chain: the message holds all of it.
-        raise OSError(
-            f"Could not download the weights {config.name!r} from "
-            f"{config.url} ({_reason(error, timeout)}). If this machine is "
-            "offline, download that file on one that is online and pass its "
-            f"path: `{builder_name}(weights='/path/to/model.safetensors')`. To "
-            "use a Hugging Face Hub mirror, set the HF_ENDPOINT environment "
-            f"variable; on a slow network, raise {TIMEOUT_VARIABLE} (now "
-            f"{timeout:g} s)."
-        ) from None
+        raise WeightsDownloadError(config.name, config.url, _reason(error, timeout), timeout, builder_name) from None
 
 
 def fetch_pretrained_state(config, builder_name="the builder"):
