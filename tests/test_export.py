@@ -484,3 +484,19 @@ def test_the_export_modules_import_one_another_without_a_cycle():
     for module in sorted(modules):
         assert cycle_from(module, []) is None, " -> ".join(cycle_from(module, []))
     assert export.CLASSIFY == "classify_images" and export.SERVING_DEFAULT == "serving_default"
+
+
+@pytest.mark.parametrize("level, shown", [(None, True), ("0", True), ("1", False), ("2", False)])
+def test_the_converters_own_stderr_lines_follow_tf_cpp_min_log_level(capfd, monkeypatch, level, shown):
+    # The int8 quantiser writes a line of settings to file descriptor 2 itself.
+    from keras_metaformer.export.tflite import _quiet_stderr_if_logs_are_off
+
+    if level is None:
+        monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", level)
+    with _quiet_stderr_if_logs_are_off():
+        os.write(2, b"fully_quantize: 0, inference_type: 6\n")
+    os.write(2, b"after\n")
+    err = capfd.readouterr().err
+    assert ("fully_quantize" in err) == shown and "after" in err

@@ -1,5 +1,6 @@
 """SavedModels laid out for TF Serving, with an image-bytes signature."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import tempfile
 import keras
 import numpy as np
 
+from keras_metaformer.export.serving import MISSING_SERVING_APIS
 from keras_metaformer.export.serving import write_models_config
 from keras_metaformer.export.serving import write_warmup_requests
 from keras_metaformer.export.signatures import CLASSIFY
@@ -121,6 +123,7 @@ def export_saved_model(
     spec = _export_spec(model, version, class_names, top_k, config, model_name, constant_weights)
     directory = os.path.abspath(os.fspath(directory))
     check_output_path(directory, "folder")
+    _check_importable(warmup)
     target = os.path.join(directory, str(spec["version"]))
     if os.path.exists(target) and not overwrite:
         raise FileExistsError(
@@ -169,6 +172,22 @@ def check_output_path(path, kind):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise FileExistsError(f"Cannot write {path}: {parent} is a file, not a folder. Choose a path under a folder.")
+
+
+def _check_importable(warmup=False):
+    """Raises an ImportError naming the install before anything is written
+    if TensorFlow (or, for warm-up records, TF Serving's protos) is missing.
+
+    On the JAX backend the export runs in a subprocess, whose ImportError
+    would come back only as its stderr.
+    """
+    if importlib.util.find_spec("tensorflow") is None:
+        raise ImportError(
+            'Exporting needs TensorFlow, whatever the Keras backend: `pip install "keras-metaformer[tensorflow-cpu]"`.',
+            name="tensorflow",
+        )
+    if warmup and importlib.util.find_spec("tensorflow_serving") is None:
+        raise ImportError(MISSING_SERVING_APIS, name="tensorflow_serving")
 
 
 def make_folders(directory):
@@ -383,8 +402,6 @@ def _write_in_tensorflow_process(model, path, spec, warmup, modules=()):
 
 
 def _main(model_file, spec_file, path):
-    import importlib
-
     import keras_metaformer  # noqa: F401  (registers the layers the file refers to)
 
     with open(spec_file) as f:

@@ -19,17 +19,20 @@ from keras_metaformer.export.signatures import SERVING_DEFAULT
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 
+MISSING_SERVING_APIS = (
+    "Warm-up files and gRPC requests need tensorflow-serving-api's protos. "
+    "Install them with `pip install --no-deps tensorflow-serving-api` "
+    "(--no-deps: the package asks for the full `tensorflow` wheel, which "
+    "would clash with tensorflow-cpu)."
+)
+
+
 def _serving_apis():
     try:
         from tensorflow_serving.apis import predict_pb2
         from tensorflow_serving.apis import prediction_log_pb2
     except ImportError as error:
-        raise ImportError(
-            "Warm-up files and gRPC requests need tensorflow-serving-api's protos. "
-            "Install them with `pip install --no-deps tensorflow-serving-api` "
-            "(--no-deps: the package asks for the full `tensorflow` wheel, which "
-            "would clash with tensorflow-cpu)."
-        ) from error
+        raise ImportError(MISSING_SERVING_APIS, name="tensorflow_serving") from error
     return predict_pb2, prediction_log_pb2
 
 

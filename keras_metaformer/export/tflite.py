@@ -5,7 +5,9 @@ runs with the small LiteRT runtime on phones. `run_tflite` runs them with
 the `ai-edge-litert` interpreter (`tf.lite.Interpreter` is deprecated).
 """
 
+import contextlib
 import os
+import sys
 import tempfile
 
 import numpy as np
@@ -73,7 +75,8 @@ def export_tflite(model, path, quantize="float32", representative_images=None, m
             )
             # Pixels are integers in [0, 255]: uint8 input loses nothing.
             converter.inference_input_type = tf.uint8
-        flatbuffer = converter.convert()
+        with _quiet_stderr_if_logs_are_off():
+            flatbuffer = converter.convert()
     folder = os.path.dirname(os.path.abspath(path))
     created = make_folders(folder)
     partial = f"{path}.partial"
@@ -87,6 +90,35 @@ def export_tflite(model, path, quantize="float32", representative_images=None, m
         remove_empty_folders(folder, created)
         raise
     return path
+
+
+@contextlib.contextmanager
+def _quiet_stderr_if_logs_are_off():
+    """Discards what the TFLite converter writes to stderr itself, if TensorFlow's logs are off.
+
+    The int8 quantiser prints a line of settings ("fully_quantize: 0,
+    inference_type: 6, ...") straight to file descriptor 2, past
+    TF_CPP_MIN_LOG_LEVEL. When that variable hides INFO lines (1 or more),
+    so does this; errors still reach the caller as the converter's
+    exception.
+    """
+    try:
+        level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        level = 0
+    if level < 1:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _shape_problem(shape, expected):
