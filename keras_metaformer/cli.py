@@ -168,7 +168,7 @@ def predict(args):
     for path, row in zip(args.images, scores):
         print(path)
         for rank, index in enumerate(np.argsort(-row)[: args.top], 1):
-            label = names[index] if names else f"class {index}"
+            label = names[index] if names else str(index)  # as the SavedModel's class_names
             print(f"  {rank}. {row[index]:7.2%}  {label}")
 
 

@@ -40,6 +40,20 @@ def imagenet_model_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def three_class_model_file(tmp_path_factory):
+    """A 3-class model (no ImageNet names) ranking the classes 1, 2, 0 whatever the image."""
+    model = keras_metaformer.MetaFormer(
+        depths=(1, 1), dims=(8, 16), input_shape=(32, 32, 3), classes=3, weights=None, name="three"
+    )
+    head = model.layers[-1]
+    kernel, _bias = head.get_weights()
+    head.set_weights([np.zeros_like(kernel), np.array([0.5, 2.0, 1.0], "float32")])
+    path = tmp_path_factory.mktemp("model") / "three.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
 def photo(tmp_path_factory):
     from skimage import data
 
@@ -70,6 +84,12 @@ def test_predict_prints_the_top5_imagenet_classes(capsys, imagenet_model_file, p
     lines = out.splitlines()
     assert lines[0] == str(photo) and lines[6] == str(photo)
     assert [line.strip() for line in lines[1:6]] == [line.strip() for line in expected]
+
+
+def test_predict_names_classes_by_index_when_the_model_has_no_imagenet_names(capsys, three_class_model_file, photo):
+    code, out, err = run(capsys, "predict", photo, "--model", three_class_model_file, "--top", 3)
+    assert code == 0, err
+    assert [line.split()[-1] for line in out.splitlines()[1:]] == ["1", "2", "0"]
 
 
 def test_predict_explains_missing_and_unreadable_files(capsys, imagenet_model_file, tmp_path):
