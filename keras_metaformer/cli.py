@@ -54,17 +54,43 @@ def load_model(spec, weights="imagenet", image_size=None):
                 "size it was saved with. Drop --image-size."
             )
         return _load_model_file(spec)
+    from keras_metaformer.weights.download import WeightsDownloadError
+
     builders = _architectures()
     if spec not in builders:
         raise CommandError(f"unknown model {spec!r}: expected a .keras file or one of: {', '.join(sorted(builders))}.")
+    _check_weights(spec, weights)
     kwargs = {"input_shape": (image_size, image_size, 3)} if image_size else {}
-    weights = None if weights == "none" else weights
     try:
-        return builders[spec](weights=weights, **kwargs)
+        return builders[spec](weights=None if weights == "none" else weights, **kwargs)
+    except WeightsDownloadError as error:
+        raise CommandError(error.message(f"--weights /path/to/{error.file_name}")) from error
     except OSError as error:
         raise CommandError(f"could not load the {weights!r} weights of {spec}: {error}") from error
     except ValueError as error:
         raise CommandError(str(error)) from error
+
+
+def _check_weights(spec, weights):
+    """Refuses a --weights value the builder would refuse, in the command line's words."""
+    from keras_metaformer.weights.pretrained_configs import AUTHORS_ONLY_WEIGHTS
+    from keras_metaformer.weights.pretrained_configs import available_weights
+
+    tags = available_weights(spec)
+    if weights == "none" or os.path.isfile(weights) or (tags and weights in ("imagenet", *tags)):
+        return
+    if weights == "imagenet" and spec in AUTHORS_ONLY_WEIGHTS:
+        raise CommandError(
+            f"timm publishes no weights for {spec}, so --weights imagenet cannot be downloaded. The authors' "
+            f"checkpoint is a PyTorch pickle, {AUTHORS_ONLY_WEIGHTS[spec]}: download it, convert it with "
+            "`python recipes/convert_authors_checkpoint.py FILE.pth OUT.safetensors` (needs torch), and pass "
+            "`--weights OUT.safetensors`; or `--weights none` for random weights."
+        )
+    choices = ", ".join(["imagenet", *tags, "none"] if tags else ["none"])
+    raise CommandError(
+        f"--weights {weights!r} is neither a weight tag of {spec} nor an existing file. Expected one of: "
+        f"{choices}, or the path of a weights file (timm .safetensors, .npz, Keras .weights.h5)."
+    )
 
 
 def _load_model_file(path):

@@ -1,6 +1,7 @@
 """The `keras-metaformer` command line."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -104,14 +105,36 @@ def test_predict_explains_missing_and_unreadable_files(capsys, imagenet_model_fi
     assert code == 2 and "cannot read" in err  # images are checked first: no model load wasted
 
 
-def test_unknown_models_and_weight_tags_are_explained(capsys, photo):
+def test_unknown_models_and_weight_tags_are_explained(capsys, photo, tmp_path):
     code, _, err = run(capsys, "info", "poolformer_s13")
     assert code == 2 and "unknown model 'poolformer_s13'" in err and "poolformer_s12" in err
     code, _, err = run(capsys, "predict", photo, "--weights", "in22k")
-    assert code == 2 and "in22k" in err and "sail_in1k" in err
-    # conftest points the Hub at a closed port: the download fails, clearly.
-    code, _, err = run(capsys, "predict", photo)
-    assert code == 2 and "could not load the 'imagenet' weights of poolformer_s12" in err
+    line = _one_error_line(code, err, "predict")
+    assert "--weights 'in22k' is neither a weight tag of poolformer_s12" in line
+    assert "Expected one of: imagenet, sail_in1k, none, or the path" in line
+    code, _, err = run(capsys, "export", "identityformer_s12", tmp_path / "out", "--format", "saved_model")
+    line = _one_error_line(code, err, "export")
+    assert "timm publishes no weights for identityformer_s12" in line and "`--weights OUT.safetensors`" in line
+
+
+def _dead_port():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        return server.getsockname()[1]  # closed on leaving: connections are refused
+
+
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_an_offline_download_names_the_weights_option(capsys, photo, keras_home, monkeypatch, tmp_path, command):
+    port = _dead_port()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    output = tmp_path / "exported"
+    argv = [photo] if command == "predict" else ["poolformer_s12", output, "--format", "saved_model"]
+    code, _, err = run(capsys, command, *argv)
+    line = _one_error_line(code, err, command)
+    url = f"http://127.0.0.1:{port}/timm/poolformer_s12.sail_in1k/resolve/main/model.safetensors"
+    assert f"Could not download the weights 'poolformer_s12.sail_in1k' from {url}" in line
+    assert "pass its path: `--weights /path/to/model.safetensors`" in line
+    assert "weights=" not in line  # no Python in the command line's advice
+    assert not any(keras_home.rglob("*.safetensors")) and not output.exists()
 
 
 def test_info_reports_parameters_macs_tags_and_preprocessing(capsys):
