@@ -1,15 +1,11 @@
-"""The `keras-metaformer` command: predict, export, convert, info.
+"""The commands of `keras-metaformer`: predict, export, convert, info.
 
-    keras-metaformer predict cat.jpg dog.png             # top-5 ImageNet classes
-    keras-metaformer export poolformer_s12 serving/poolformer_s12 --format saved_model
-    keras-metaformer export finetune_output/model.keras s12.tflite --format tflite --quantize float16
-    keras-metaformer convert poolformer_s12.safetensors s12.weights.h5 --model poolformer_s12
-    keras-metaformer info poolformer_s12
-
-MODEL is an architecture name (with `--weights`) or a `.keras` file.
+The parser and `main` live in the top-level module `keras_metaformer_cli`,
+so that `keras-metaformer --help` imports no Keras; it imports this module
+once the arguments are parsed. `main` here runs the same command line, for
+`python -m keras_metaformer.cli` and for callers in Python.
 """
 
-import argparse
 import os
 import sys
 
@@ -20,17 +16,6 @@ from keras_metaformer.export.saved_model import preprocessing_config
 
 # The smallest input the four stride-2 stages take (MetaFormer's MIN_INPUT_SIZE).
 MIN_IMAGE_SIZE = 32
-# Set to show the full traceback of an unexpected error (as --verbose does).
-TRACEBACK_VARIABLE = "KERAS_METAFORMER_TRACEBACK"
-# The extra that installs each optional module.
-EXTRAS = {
-    "tensorflow": "keras-metaformer[tensorflow-cpu]",
-    "ai_edge_litert": "keras-metaformer[export]",
-    "keras_cv": "keras-metaformer[data]",
-    "tensorflow_datasets": "keras-metaformer[data]",
-    "PIL": "pillow",
-    "safetensors": "safetensors",
-}
 
 
 class CommandError(Exception):
@@ -111,15 +96,10 @@ def _load_model_file(path):
         raise
     except Exception as error:  # Keras raises many types for broken archives and unknown layers
         raise CommandError(
-            f"cannot load the model in {path!r} ({type(error).__name__}: {_one_line(error)}). Expected a file "
+            f"cannot load the model in {path!r} ({type(error).__name__}: {error}). Expected a file "
             "written by `model.save('model.keras')`, whose custom layers are registered with "
             "`keras.saving.register_keras_serializable`."
         ) from error
-
-
-def _one_line(error):
-    """An error's message on one line, for the one `error:` line a failure prints."""
-    return " ".join(str(error).split())
 
 
 def _check_range(option, value, low, high=None, why=""):
@@ -283,89 +263,11 @@ def info(args):
     )
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="keras-metaformer",
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n", 1)[1],
-    )
-    parser.add_argument(
-        "--verbose",
-        action="store_true",
-        help=f"show the traceback of an unexpected error (or set {TRACEBACK_VARIABLE}=1)",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def model_arguments(command, weights=True):
-        command.add_argument("model", help="an architecture (e.g. poolformer_s12) or a .keras file")
-        if weights:
-            command.add_argument(
-                "--weights",
-                default="imagenet",
-                help="for an architecture: imagenet, a weight tag, none, or a weights file",
-            )
-
-    command = commands.add_parser("predict", help="top-5 classes of images")
-    command.add_argument("images", nargs="+", metavar="IMAGE")
-    command.add_argument("--model", default="poolformer_s12", help="an architecture or a .keras file")
-    command.add_argument("--weights", default="imagenet", help="imagenet, a weight tag, or a weights file")
-    command.add_argument("--top", type=int, default=5)
-    command.set_defaults(run=predict)
-
-    command = commands.add_parser("export", help="a SavedModel for TF Serving or a .tflite file")
-    model_arguments(command)
-    command.add_argument("output", help="saved_model: the base folder; tflite: the .tflite file")
-    command.add_argument("--format", choices=("saved_model", "tflite"), required=True)
-    command.add_argument("--quantize", choices=("float32", "float16", "dynamic", "int8"), default="float32")
-    command.add_argument("--calibration-dir", help="int8: a folder of images (class sub-folders)")
-    command.add_argument("--version", type=int, default=1, help="saved_model: the version folder")
-    command.add_argument("--class-names", help="a text file, one class name per line")
-    command.add_argument("--image-size", type=int, help="for an architecture: the input size")
-    command.set_defaults(run=export_command)
-
-    command = commands.add_parser("convert", help="a timm or authors' checkpoint to a Keras weights file")
-    command.add_argument("checkpoint", help="a .safetensors or .npz file (timm or authors' key names)")
-    command.add_argument("output", help="the .weights.h5 file to write")
-    command.add_argument("--model", required=True, help="the architecture, e.g. poolformer_s12")
-    command.set_defaults(run=convert)
-
-    command = commands.add_parser("info", help="parameters, MACs, weight tags and preprocessing")
-    model_arguments(command, weights=False)
-    command.add_argument("--image-size", type=int, help="for an architecture: the input size (default 224)")
-    command.set_defaults(run=info)
-    return parser
-
-
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except CommandError as error:
-        message = str(error)
-    except ImportError as error:
-        message = _missing_extra(error)
-    except Exception as error:  # anything else: one line, unless a traceback is asked for
-        if args.verbose or os.environ.get(TRACEBACK_VARIABLE):
-            raise
-        message = (
-            f"{type(error).__name__}: {_one_line(error)} (run with --verbose, or set "
-            f"{TRACEBACK_VARIABLE}=1, for the traceback)"
-        )
-    else:
-        return 0
-    print(f"keras-metaformer {args.command}: error: {_one_line(message)}", file=sys.stderr)
-    return 2
+    """Runs `keras-metaformer` with `argv` (default: `sys.argv[1:]`); returns the exit status."""
+    from keras_metaformer_cli import main as command_line
 
-
-def _missing_extra(error):
-    """What to install for an ImportError of an optional dependency."""
-    module = (error.name or "").split(".")[0]
-    if "pip install" in str(error):  # our own messages already say it
-        return _one_line(error)
-    if module in EXTRAS:
-        return f'this command needs the {module!r} module, which is not installed: `pip install "{EXTRAS[module]}"`.'
-    return f"ImportError: {_one_line(error)}"
+    return command_line(argv)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The `keras-metaformer` command line."""
 
+import json
 import os
 import socket
 import subprocess
@@ -13,10 +14,23 @@ from PIL import Image
 from safetensors.numpy import save
 
 import keras_metaformer
+import keras_metaformer_cli
 from keras_metaformer import cli
 from keras_metaformer.imagenet import imagenet_classes
 
 BACKEND = keras.backend.backend()
+LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
+
+
+@pytest.fixture(autouse=True)
+def _log_level_kept():
+    """main() quiets TensorFlow through the environment: undo it after each test."""
+    level = os.environ.get(LOG_LEVEL)
+    yield
+    if level is None:
+        os.environ.pop(LOG_LEVEL, None)
+    else:
+        os.environ[LOG_LEVEL] = level
 
 
 def run(capsys, *argv):
@@ -63,16 +77,41 @@ def photo(tmp_path_factory):
     return path
 
 
-def test_the_console_script_and_every_command_have_help(capsys):
+HELP_SCRIPT = """
+import contextlib, io, json, sys
+import keras_metaformer_cli
+
+helps = []
+for argv in ([], ["predict"], ["export"], ["convert"], ["info"]):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            keras_metaformer_cli.main([*argv, "--help"])
+        except SystemExit as exit:
+            helps.append([argv, exit.code, out.getvalue()])
+loaded = {name.split(".")[0] for name in sys.modules} & {"tensorflow", "keras", "jax", "keras_metaformer"}
+print(json.dumps({"helps": helps, "loaded": sorted(loaded)}))
+"""
+
+
+def test_help_imports_no_backend():
+    # A fresh process: here Keras is loaded already.
+    result = subprocess.run([sys.executable, "-c", HELP_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    report = json.loads(result.stdout)
+    assert report["loaded"] == []
+    assert len(report["helps"]) == 5
+    for argv, code, text in report["helps"]:
+        assert code == 0 and text.startswith(" ".join(["usage: keras-metaformer", *argv])), text
+        assert "--verbose" in text
+    assert all(command in report["helps"][0][2] for command in ("predict", "export", "convert", "info"))
+
+
+def test_the_console_script_runs_the_command_line():
     script = os.path.join(os.path.dirname(sys.executable), "keras-metaformer")
-    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    for command in ("predict", "export", "convert", "info"):
-        assert command in result.stdout
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main([command, "--help"])
-        assert exit_info.value.code == 0
-        assert f"usage: keras-metaformer {command}" in capsys.readouterr().out
+    result = subprocess.run([script, "info", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    assert result.stdout.startswith("usage: keras-metaformer info")
 
 
 def test_predict_prints_the_top5_imagenet_classes(capsys, imagenet_model_file, photo):
@@ -91,6 +130,63 @@ def test_predict_names_classes_by_index_when_the_model_has_no_imagenet_names(cap
     code, out, err = run(capsys, "predict", photo, "--model", three_class_model_file, "--top", 3)
     assert code == 0, err
     assert [line.split()[-1] for line in out.splitlines()[1:]] == ["1", "2", "0"]
+
+
+QUIET_SCRIPT = """
+import sys
+from keras_metaformer_cli import main
+
+for argv in {commands!r}:
+    print("$", argv[0], flush=True)
+    code = main(argv)
+    if code:
+        sys.exit(code)
+"""
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow is the backend that logs; one run is enough")
+def test_commands_write_nothing_to_stderr_and_predict_names_classes_as_the_saved_model(
+    three_class_model_file, photo, tmp_path
+):
+    # One fresh process for four commands: TensorFlow's load-time lines, the
+    # SavedModel export's, and the int8 converter's own all reach stderr by default.
+    calibration = tmp_path / "calibration"
+    (calibration / "any").mkdir(parents=True)
+    Image.open(photo).save(calibration / "any" / "photo.png")
+    model, tflite = str(three_class_model_file), str(tmp_path / "m.tflite")
+    commands = [
+        ["predict", str(photo), "--model", model, "--top", "3"],
+        ["info", model],
+        ["export", model, str(tmp_path / "serving"), "--format", "saved_model"],
+        ["export", model, tflite, "--format", "tflite", "--quantize", "int8", "--calibration-dir", str(calibration)],
+    ]
+    environment = {name: value for name, value in os.environ.items() if name != LOG_LEVEL}
+    script = QUIET_SCRIPT.format(commands=commands)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    predicted = [line.split()[-1] for line in lines[lines.index("$ predict") + 2 : lines.index("$ info")]]
+    assert predicted == ["1", "2", "0"]
+    import tensorflow as tf
+
+    classify = tf.saved_model.load(str(tmp_path / "serving" / "1")).signatures["classify_images"]
+    served = classify(image_bytes=tf.constant([photo.read_bytes()]))["class_names"].numpy()[0]
+    assert [name.decode() for name in served] == predicted
+
+
+def test_verbose_leaves_the_backends_logs_on(capsys, three_class_model_file, monkeypatch):
+    monkeypatch.delenv(LOG_LEVEL, raising=False)
+    for argv in (["--verbose", "info", three_class_model_file], ["info", three_class_model_file, "--verbose"]):
+        assert run(capsys, *argv)[0] == 0
+        assert LOG_LEVEL not in os.environ
+    assert run(capsys, "info", three_class_model_file)[0] == 0
+    assert os.environ[LOG_LEVEL] == keras_metaformer_cli.QUIET_LOG_LEVEL
+    monkeypatch.setenv(LOG_LEVEL, "0")  # the user's own setting wins
+    assert run(capsys, "info", three_class_model_file)[0] == 0
+    assert os.environ[LOG_LEVEL] == "0"
 
 
 def test_predict_explains_missing_and_unreadable_files(capsys, imagenet_model_file, tmp_path):
@@ -245,19 +341,43 @@ def test_predict_with_a_backbone_explains_it_needs_a_classifier(capsys, photo, t
     assert "predict needs a classifier" in line and "include_top=True" in line
 
 
-def test_a_missing_optional_module_names_the_install(capsys, imagenet_model_file, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "module, output, install",
+    [
+        ("tensorflow", "m.tflite", 'pip install "keras-metaformer[tensorflow-cpu]"'),
+        ("tensorflow", "serving", 'pip install "keras-metaformer[tensorflow-cpu]"'),
+        ("tensorflow_serving", "serving", "pip install --no-deps tensorflow-serving-api"),
+    ],
+)
+def test_a_missing_optional_module_names_the_install(
+    capsys, imagenet_model_file, tmp_path, monkeypatch, module, output, install
+):
     load_model = cli.load_model
 
-    def load_then_lose_tensorflow(*args):
+    def load_then_lose_the_module(*args):
         model = load_model(*args)  # the TensorFlow backend needs it to load
-        monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` now raises ImportError
+        monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
         return model
 
-    monkeypatch.setattr(cli, "load_model", load_then_lose_tensorflow)
-    code, _, err = run(capsys, "export", imagenet_model_file[0], tmp_path / "m.tflite", "--format", "tflite")
-    line = _one_error_line(code, err, "export")
-    assert "needs the 'tensorflow' module" in line and 'pip install "keras-metaformer[tensorflow-cpu]"' in line
+    monkeypatch.setattr(cli, "load_model", load_then_lose_the_module)
+    file_format = "tflite" if output.endswith(".tflite") else "saved_model"
+    code, _, err = run(capsys, "export", imagenet_model_file[0], tmp_path / output, "--format", file_format)
+    assert f"`{install}`" in _one_error_line(code, err, "export")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_missing_backend_names_the_install():
+    # A fresh process: the backend is imported with Keras, once.
+    script = (
+        "import sys; sys.modules['tensorflow'] = None; import keras_metaformer_cli; "
+        "sys.exit(keras_metaformer_cli.main(['info', 'poolformer_s12']))"
+    )
+    environment = dict(os.environ, KERAS_BACKEND="tensorflow")
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=120
+    )
+    line = _one_error_line(result.returncode, result.stderr, "info")
+    assert "needs the 'tensorflow' module" in line and 'pip install "keras-metaformer[tensorflow-cpu]"' in line
 
 
 def test_unexpected_errors_are_one_line_unless_verbose(capsys, monkeypatch):
@@ -272,7 +392,7 @@ def test_unexpected_errors_are_one_line_unless_verbose(capsys, monkeypatch):
     assert "RuntimeError: counting failed (run with --verbose" in line
     with pytest.raises(RuntimeError, match="counting"):
         cli.main(["--verbose", "info", "poolformer_s12"])
-    monkeypatch.setenv(cli.TRACEBACK_VARIABLE, "1")
+    monkeypatch.setenv(keras_metaformer_cli.TRACEBACK_VARIABLE, "1")
     with pytest.raises(RuntimeError, match="counting"):
         cli.main(["info", "poolformer_s12"])
 
