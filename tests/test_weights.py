@@ -6,7 +6,6 @@ timm's own modules, with the pseudo-random weights of
 """
 
 import functools
-import http.server
 import os
 import pathlib
 import re
@@ -20,6 +19,8 @@ import pytest
 from conftest import TIMM_KEYS
 from conftest import fixture_path
 from conftest import full_size_model
+from hub_server import HubServer
+from hub_server import timm_url_path
 from reference_weights import reference_weights
 from safetensors.numpy import save
 
@@ -383,7 +384,7 @@ def test_pretrained_configs_hold_the_evaluation_preprocessing():
 
 # --- weights="imagenet": downloads from a loopback server ---------------------
 
-S12_URL_PATH = "/timm/poolformer_s12.sail_in1k/resolve/main/model.safetensors"
+S12_URL_PATH = timm_url_path("poolformer_s12", "sail_in1k")
 TIMEOUT = "KERAS_METAFORMER_DOWNLOAD_TIMEOUT"
 
 
@@ -394,41 +395,11 @@ def _served_s12_state():
     return {key: rng.normal(size=shape).astype("float32") for key, shape in TIMM_KEYS["poolformer_s12"]["timm"]}
 
 
-class _WeightServer(http.server.ThreadingHTTPServer):
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.files = {}
-        self.requests = []
-
-    def url_of(self, path):
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.server.requests.append(self.path)
-        body = self.server.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def weight_server(monkeypatch, keras_home):
-    server = _WeightServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-    yield server
-    server.shutdown()
-    server.server_close()
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        yield server
 
 
 def _cached_file(keras_home):
