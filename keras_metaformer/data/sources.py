@@ -260,8 +260,9 @@ def from_tfds(
 
     builder = tfds.builder(name, data_dir=data_dir)
     features = builder.info.features
-    image_feature = features.get(image_key, None)
-    label_feature = features.get(label_key, None)
+    # A FeaturesDict has `in` and `[]` but no `.get`.
+    image_feature = features[image_key] if image_key in features else None  # noqa: SIM401
+    label_feature = features[label_key] if label_key in features else None  # noqa: SIM401
     if not isinstance(image_feature, tfds.features.Image) or not isinstance(label_feature, tfds.features.ClassLabel):
         raise ValueError(
             f"{name!r} is not an image-classification dataset with an Image "
