@@ -70,7 +70,6 @@ def main(argv=None):
         classification_loss="focal",
         box_loss="smoothl1",
         optimizer=keras.optimizers.AdamW(1e-4, weight_decay=0.05),
-        jit_compile=False,
     )
     history = detector.fit(images, {"boxes": boxes, "classes": classes}, batch_size=4, epochs=args.epochs, verbose=2)
     os.makedirs(args.output, exist_ok=True)

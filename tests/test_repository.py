@@ -21,10 +21,16 @@ def test_readme_opens_with_the_main_job_and_the_test_command():
     assert "KERAS_BACKEND=tensorflow" in test_command and "KERAS_BACKEND=jax" in test_command
 
 
-def test_ci_runs_exactly_the_readme_test_command():
+LINT = ".venv-test/bin/ruff check . && .venv-test/bin/ruff format --check ."
+
+
+def test_ci_runs_the_readme_test_command_with_lint_before_the_tests():
     with open(os.path.join(REPO, ".ci", "run")) as f:
         script = [line for line in f.read().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
-    assert script == [_readme_commands()[1]]
+    install, lint, tests = script
+    assert lint == LINT
+    assert f"{install} && {tests}" == _readme_commands()[1]
+    assert "pip install" in install and "pytest" not in install and "pip" not in tests
 
 
 def _new_third_party_modules(statement):
