@@ -245,7 +245,11 @@ def test_compiled_depthwise_conv_gradients_are_the_transposed_jacobians(size):
     ],
 )
 def test_compiled_depthwise_kernel_gradient_sums_over_every_block_and_image(monkeypatch, shape, chunk_elements, loop):
-    # Each backend takes one form by default; both must hold on both.
+    # Each backend takes one form by default; both must hold on both. The
+    # unrolled form, JAX's, takes TensorFlow's XLA tens of seconds to
+    # compile: there, one shape shows it holds.
+    if not JAX and not loop and shape != (3, 9, 6, 2):
+        pytest.skip("the unrolled form on TensorFlow: the first shape only")
     monkeypatch.setattr(depthwise_module, "_CHUNK_ELEMENTS", chunk_elements)
     monkeypatch.setattr(depthwise_module, "_loops_over_taps", lambda: loop)
     size = 7
@@ -256,11 +260,10 @@ def test_compiled_depthwise_kernel_gradient_sums_over_every_block_and_image(monk
 
 
 @pytest.mark.skipif(JAX, reason="jax.jit always traces with a known batch size")
-@pytest.mark.parametrize("loop", [False, True], ids=["unrolled", "looped"])
-def test_compiled_depthwise_kernel_gradient_takes_an_unknown_batch_size(monkeypatch, loop):
+def test_compiled_depthwise_kernel_gradient_takes_an_unknown_batch_size():
     import tensorflow as tf
 
-    monkeypatch.setattr(depthwise_module, "_loops_over_taps", lambda: loop)
+    assert depthwise_module._loops_over_taps()  # TensorFlow's form: the only one it meets unknown batches in
 
     x, kernel, weights = _random(3, 9, 6, 2), _random(7, 7, 2, 1), _random(3, 9, 6, 2)
 
