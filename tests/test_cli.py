@@ -39,33 +39,30 @@ def run(capsys, *argv):
     return code, out, err
 
 
-@pytest.fixture(scope="module")
-def imagenet_model_file(tmp_path_factory):
-    """A small 1000-class model whose scores do not depend on the image: known top-5."""
+def _constant_scores_model_file(tmp_path_factory, logits, name):
+    """A small model saved as .keras whose logits are `logits` whatever the image."""
     model = keras_metaformer.MetaFormer(
-        depths=(1, 1), dims=(8, 16), input_shape=(32, 32, 3), classes=1000, weights=None, name="tiny"
+        depths=(1, 1), dims=(8, 16), input_shape=(32, 32, 3), classes=len(logits), weights=None, name=name
     )
     head = model.layers[-1]
     kernel, _bias = head.get_weights()
-    logits = np.random.default_rng(0).normal(0, 3, 1000).astype("float32")
     head.set_weights([np.zeros_like(kernel), logits])
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    path = tmp_path_factory.mktemp("model") / f"{name}.keras"
     model.save(path)
-    return path, logits
+    return path
+
+
+@pytest.fixture(scope="module")
+def imagenet_model_file(tmp_path_factory):
+    """A 1000-class model with a known top-5."""
+    logits = np.random.default_rng(0).normal(0, 3, 1000).astype("float32")
+    return _constant_scores_model_file(tmp_path_factory, logits, "tiny"), logits
 
 
 @pytest.fixture(scope="module")
 def three_class_model_file(tmp_path_factory):
-    """A 3-class model (no ImageNet names) ranking the classes 1, 2, 0 whatever the image."""
-    model = keras_metaformer.MetaFormer(
-        depths=(1, 1), dims=(8, 16), input_shape=(32, 32, 3), classes=3, weights=None, name="three"
-    )
-    head = model.layers[-1]
-    kernel, _bias = head.get_weights()
-    head.set_weights([np.zeros_like(kernel), np.array([0.5, 2.0, 1.0], "float32")])
-    path = tmp_path_factory.mktemp("model") / "three.keras"
-    model.save(path)
-    return path
+    """A 3-class model (no ImageNet names) ranking the classes 1, 2, 0."""
+    return _constant_scores_model_file(tmp_path_factory, np.array([0.5, 2.0, 1.0], "float32"), "three")
 
 
 @pytest.fixture(scope="module")
