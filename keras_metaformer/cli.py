@@ -60,16 +60,15 @@ def _check_weights(spec, weights):
     """Refuses a --weights value the builder would refuse, in the command line's words."""
     from keras_metaformer.weights.pretrained_configs import AUTHORS_ONLY_WEIGHTS
     from keras_metaformer.weights.pretrained_configs import available_weights
+    from keras_metaformer.weights.resolve import authors_only_message
 
     tags = available_weights(spec)
     if weights == "none" or os.path.isfile(weights) or (tags and weights in ("imagenet", *tags)):
         return
     if weights == "imagenet" and spec in AUTHORS_ONLY_WEIGHTS:
         raise CommandError(
-            f"timm publishes no weights for {spec}, so --weights imagenet cannot be downloaded. The authors' "
-            f"checkpoint is a PyTorch pickle, {AUTHORS_ONLY_WEIGHTS[spec]}: download it, convert it with "
-            "`python recipes/convert_authors_checkpoint.py FILE.pth OUT.safetensors` (needs torch), and pass "
-            "`--weights OUT.safetensors`; or `--weights none` for random weights."
+            authors_only_message(spec, "--weights imagenet", "`--weights OUT.safetensors`")
+            + "; or `--weights none` for random weights."
         )
     choices = ", ".join(["imagenet", *tags, "none"] if tags else ["none"])
     raise CommandError(

@@ -44,19 +44,28 @@ def resolve_weights(weights, arch):
                 )
             return weights
     if weights == IMAGENET_ALIAS and arch in AUTHORS_ONLY_WEIGHTS:
-        raise ValueError(
-            f"timm publishes no weights for {arch}, so weights='imagenet' cannot "
-            f"be downloaded. The authors' checkpoint is a PyTorch pickle, "
-            f"{AUTHORS_ONLY_WEIGHTS[arch]}: download it, convert it with "
-            "`python recipes/convert_authors_checkpoint.py FILE.pth OUT.safetensors` "
-            "(needs torch), and pass weights='OUT.safetensors'."
-        )
+        raise ValueError(authors_only_message(arch, "weights='imagenet'", "weights='OUT.safetensors'") + ".")
     names = [None, IMAGENET_ALIAS, *tags] if tags else [None]
     raise ValueError(
         f"Invalid `weights`: {weights!r} is neither a known weight name nor "
         f"an existing file. Expected one of {names} or the path of a weights "
         "file (timm `.safetensors`, `.npz`, Keras `.weights.h5`)."
         + ("" if tags else f" Pretrained weights are not published for {arch or 'this model'}.")
+    )
+
+
+def authors_only_message(arch, imagenet, pass_file):
+    """Why `arch` has no downloadable weights, and how to convert the authors' file.
+
+    `imagenet` and `pass_file` spell the argument as the caller takes it:
+    `weights='imagenet'` in Python, `--weights imagenet` on the command line.
+    """
+    return (
+        f"timm publishes no weights for {arch}, so {imagenet} cannot "
+        f"be downloaded. The authors' checkpoint is a PyTorch pickle, "
+        f"{AUTHORS_ONLY_WEIGHTS[arch]}: download it, convert it with "
+        "`python recipes/convert_authors_checkpoint.py FILE.pth OUT.safetensors` "
+        f"(needs torch), and pass {pass_file}"
     )
 
 
