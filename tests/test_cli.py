@@ -312,6 +312,16 @@ def test_image_size_below_32_is_refused(capsys, tmp_path, command):
     assert os.listdir(tmp_path) == []
 
 
+def test_image_size_with_a_model_file_is_refused(capsys, imagenet_model_file, tmp_path):
+    code, _, err = run(capsys, "info", imagenet_model_file[0], "--image-size", 64)
+    line = _one_error_line(code, err, "info")
+    assert "the model file" in line and "keeps the input size it was saved with. Drop --image-size." in line
+    output = tmp_path / "serving"
+    code, _, err = run(capsys, "export", imagenet_model_file[0], output, "--format", "saved_model", "--image-size", 64)
+    assert "Drop --image-size." in _one_error_line(code, err, "export")
+    assert os.listdir(tmp_path) == []
+
+
 def test_broken_model_files_are_one_error_line(capsys, photo, tmp_path):
     import zipfile
 
