@@ -37,8 +37,19 @@ INSTALLS = {
 QUIET_LOG_LEVEL = "2"
 
 
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line, like every other failure.
+
+    argparse prints its usage block before the `error:` line; here the line
+    points to `--help` instead. Subparsers are made of the same class.
+    """
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="keras-metaformer",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -59,6 +70,7 @@ def build_parser():
         command.set_defaults(run=run)
         return command
 
+    parser.commands = commands.choices  # main() names the command in an unknown-option error
     command = add_command("predict", "top-5 classes of images", "predict")
     command.add_argument("images", nargs="+", metavar="IMAGE")
     command.add_argument("--model", default="poolformer_s12", help="an architecture or a .keras file")
@@ -105,8 +117,16 @@ def quiet():
 
 
 def main(argv=None):
-    """Runs the command line; returns the exit status (2 after an `error:` line)."""
-    args = build_parser().parse_args(argv)
+    """Runs the command line; returns the exit status (2 after an `error:` line).
+
+    A usage error (an unknown option, a missing argument, `--top abc`) and
+    `--help` exit through `SystemExit`, as argparse does: status 2 after one
+    `error:` line, and 0.
+    """
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would blame the top-level parser; name the command
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     if not args.verbose:
         quiet()
     try:

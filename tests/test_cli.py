@@ -322,6 +322,32 @@ def test_image_size_with_a_model_file_is_refused(capsys, imagenet_model_file, tm
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    "argv, prog, message",
+    [
+        (["predict", "cat.jpg", "--top", "abc"], "keras-metaformer predict", "argument --top: invalid int value"),
+        (["predict", "cat.jpg", "--top"], "keras-metaformer predict", "argument --top: expected one argument"),
+        (["export", "m", "out", "--format", "zip"], "keras-metaformer export", "invalid choice: 'zip'"),
+        (["export", "m", "out"], "keras-metaformer export", "the following arguments are required: --format"),
+        (["convert", "a.safetensors", "b.weights.h5"], "keras-metaformer convert", "required: --model"),
+        (["info"], "keras-metaformer info", "the following arguments are required: model"),
+        (["predict", "cat.jpg", "--colour"], "keras-metaformer predict", "unrecognized arguments: --colour"),
+        (["--colour", "info", "m"], "keras-metaformer info", "unrecognized arguments: --colour"),
+        (["info", "m", "extra"], "keras-metaformer info", "unrecognized arguments: extra"),
+        ([], "keras-metaformer", "the following arguments are required: COMMAND"),
+        (["bogus"], "keras-metaformer", "invalid choice: 'bogus'"),
+    ],
+)
+def test_usage_errors_are_one_error_line(capsys, argv, prog, message):
+    with pytest.raises(SystemExit) as exit:
+        keras_metaformer_cli.main(argv)
+    out, err = capsys.readouterr()
+    assert exit.value.code == 2 and out == ""
+    assert err.endswith("\n") and err.count("\n") == 1, err  # no usage block
+    assert err.startswith(f"{prog}: error: ") and message in err, err
+    assert err.rstrip().endswith(f"(see `{prog} --help`)"), err
+
+
 def test_broken_model_files_are_one_error_line(capsys, photo, tmp_path):
     import zipfile
 
