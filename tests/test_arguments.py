@@ -56,3 +56,45 @@ def test_adamw_refuses_negative_weight_decay():
     model = keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), weights=None)
     with pytest.raises(ValueError, match=r"`weight_decay` must be a number >= 0. Received: weight_decay=-0.05"):
         training.adamw(model, 1e-3, weight_decay=-0.05)
+
+
+@pytest.fixture(scope="module")
+def three_class_model():
+    import keras_metaformer
+
+    return keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), input_shape=(32, 32, 3), classes=3, weights=None)
+
+
+@pytest.mark.parametrize(
+    "top_k, error, message",
+    [
+        ("abc", TypeError, r"`top_k` must be an integer >= 1. Received: top_k='abc' \(str\)"),
+        (2.7, ValueError, r"`top_k` must be an integer >= 1. Received: top_k=2.7"),
+        (0, ValueError, r"`top_k` must be an integer >= 1. Received: top_k=0"),
+        (4, ValueError, r"`top_k` must be an integer between 1 and 3 \(the model has 3 classes\). Received: top_k=4"),
+    ],
+)
+def test_export_saved_model_checks_top_k_before_writing(three_class_model, tmp_path, top_k, error, message):
+    from keras_metaformer.export import export_saved_model
+
+    with pytest.raises(error, match=message):
+        export_saved_model(three_class_model, tmp_path / "serving", top_k=top_k)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "value, error", [(0, ValueError), (-5, ValueError), (2.5, ValueError), ("200", TypeError), (None, TypeError)]
+)
+def test_export_tflite_checks_max_calibration_images_before_writing(three_class_model, tmp_path, value, error):
+    from keras_metaformer.export import export_tflite
+
+    images = np.zeros((2, 32, 32, 3), "float32")
+    with pytest.raises(error, match=r"`max_calibration_images` must be an integer >= 1. Received: max_calibration"):
+        export_tflite(
+            three_class_model,
+            tmp_path / "m.tflite",
+            quantize="int8",
+            representative_images=images,
+            max_calibration_images=value,
+        )
+    assert list(tmp_path.iterdir()) == []

@@ -11,6 +11,7 @@ import tempfile
 import keras
 import numpy as np
 
+from keras_metaformer.arguments import check_int
 from keras_metaformer.export.serving import MISSING_SERVING_APIS
 from keras_metaformer.export.serving import write_models_config
 from keras_metaformer.export.serving import write_warmup_requests
@@ -240,9 +241,12 @@ def _export_spec(model, version, class_names, top_k, config, model_name, constan
     class_names = [str(name) for name in class_names]
     if len(class_names) != classes:
         raise ValueError(f"Got {len(class_names)} class names for a model with {classes} classes.")
-    top_k = min(5, classes) if top_k is None else top_k
-    if not 1 <= int(top_k) <= classes:
-        raise ValueError(f"`top_k` must be between 1 and {classes} (the classes). Received {top_k}.")
+    top_k = min(5, classes) if top_k is None else check_int("top_k", top_k)
+    if top_k > classes:
+        raise ValueError(
+            f"`top_k` must be an integer between 1 and {classes} (the model has {classes} classes). "
+            f"Received: top_k={top_k}"
+        )
     weight_bytes = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
     if constant_weights and weight_bytes > CONSTANT_WEIGHTS_LIMIT:
         raise ValueError(

@@ -12,6 +12,8 @@ import tempfile
 
 import numpy as np
 
+from keras_metaformer.arguments import check_int
+
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 
 
@@ -35,11 +37,13 @@ def export_tflite(model, path, quantize="float32", representative_images=None, m
             `(n, size, size, 3)`, or a `tf.data.Dataset` yielding such
             batches (or `(images, labels)`), e.g. from `keras_metaformer.data`.
             Images of another size are an error, raised before conversion.
-        max_calibration_images: how many images calibrate `"int8"`.
+        max_calibration_images: how many images calibrate `"int8"`, at
+            least 1 (at most that many are read).
 
     Returns:
         `path`.
     """
+    max_calibration_images = check_int("max_calibration_images", max_calibration_images)
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"Unknown quantization {quantize!r}. Expected one of {QUANTIZATIONS}.")
     if quantize == "int8" and representative_images is None:
