@@ -69,6 +69,16 @@ def check_rate(name, value):
     return check_float(name, value, "in [0, 1)", low=0.0, high=1.0, high_open=True)
 
 
+def check_probability(name, value):
+    """A probability: a float in `[0, 1]`."""
+    return check_float(name, value, "in [0, 1]", low=0.0, high=1.0)
+
+
+def check_non_negative(name, value):
+    """A float of at least 0 (alphas, weight decay)."""
+    return check_float(name, value, ">= 0", low=0.0)
+
+
 def check_positive(name, value):
     """A float above 0 (ratios, epsilons)."""
     return check_float(name, value, "> 0", low=0.0, low_open=True)

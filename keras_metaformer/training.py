@@ -7,8 +7,8 @@ with the batch size, and a cosine schedule after a linear warm-up.
 
 import keras
 
-from keras_metaformer.arguments import check_float
 from keras_metaformer.arguments import check_int
+from keras_metaformer.arguments import check_non_negative
 from keras_metaformer.arguments import check_positive
 
 BASE_LEARNING_RATE = 1e-3
@@ -60,7 +60,7 @@ def adamw(model, learning_rate, weight_decay=0.05, **kwargs):
     >>> model = keras_metaformer.MetaFormer(depths=(1, 1), dims=(8, 16), weights=None)
     >>> optimizer = adamw(model, 1e-3)
     """
-    weight_decay = check_float("weight_decay", weight_decay, ">= 0", low=0.0)
+    weight_decay = check_non_negative("weight_decay", weight_decay)
     optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
     optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) <= 1])
     return optimizer

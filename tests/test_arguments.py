@@ -98,3 +98,68 @@ def test_export_tflite_checks_max_calibration_images_before_writing(three_class_
             max_calibration_images=value,
         )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        ({"erasing_prob": 1.5}, ValueError, r"`erasing_prob` must be a number in \[0, 1\]. Received: erasing_prob=1.5"),
+        ({"mixup_alpha": -1}, ValueError, r"`mixup_alpha` must be a number >= 0. Received: mixup_alpha=-1"),
+        ({"cutmix_alpha": "1"}, TypeError, r"`cutmix_alpha` must be a number >= 0. Received: cutmix_alpha='1' \(str\)"),
+        ({"switch_prob": -0.1}, ValueError, r"`switch_prob` must be a number in \[0, 1\]"),
+        ({"rand_augment_rate": 2}, ValueError, r"`rand_augment_rate` must be a number in \[0, 1\]"),
+        ({"rand_augment_magnitude": 11}, ValueError, r"`rand_augment_magnitude` must be a number in \[0, 10\]"),
+        ({"rand_augment_std": math.nan}, ValueError, r"`rand_augment_std` must be a number >= 0"),
+        ({"rand_augment_ops": 0}, ValueError, r"`rand_augment_ops` must be an integer >= 1"),
+        ({"label_smoothing": 1.0}, ValueError, r"`label_smoothing` must be a number in \[0, 1\)"),
+        ({"crop_scale": (0.0, 1.0)}, ValueError, r"`crop_scale\[0\]` must be a number in \(0, 1\]"),
+        ({"crop_scale": (1.0, 0.5)}, ValueError, r"`crop_scale` must be a \(min, max\) pair with min <= max"),
+        ({"crop_ratio": 0.75}, TypeError, r"`crop_ratio` must be a \(min, max\) pair of numbers > 0"),
+        ({"flip": "no"}, TypeError, r"`flip` must be True or False. Received: flip='no' \(str\)"),
+    ],
+)
+def test_train_augment_checks_its_settings(options, error, message):
+    from keras_metaformer import data
+
+    with pytest.raises(error, match=message):
+        data.TrainAugment(**options)
+
+
+def test_train_augment_stores_numpy_settings_as_python_numbers():
+    from keras_metaformer import data
+
+    augment = data.TrainAugment(mixup_alpha=np.float32(0.5), rand_augment_ops=np.int64(3), crop_scale=[0.5, 1])
+    assert type(augment.mixup_alpha) is float and type(augment.rand_augment_ops) is int
+    assert augment.crop_scale == (0.5, 1.0) and augment.rand_augment_magnitude == 9.0
+
+
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        ({"batch_size": "32"}, TypeError, r"`batch_size` must be an integer >= 1. Received: batch_size='32' \(str\)"),
+        ({"batch_size": 2.5}, ValueError, r"`batch_size` must be an integer >= 1. Received: batch_size=2.5"),
+        ({"batch_size": 0}, ValueError, r"`batch_size` must be an integer >= 1. Received: batch_size=0"),
+        ({"image_size": 0}, ValueError, r"`image_size` must be an integer >= 1. Received: image_size=0"),
+        ({"image_size": "32"}, TypeError, r"`image_size` must be an integer >= 1"),
+        ({"crop_pct": 0}, ValueError, r"`crop_pct` must be a number in \(0, 1\]. Received: crop_pct=0"),
+        ({"crop_pct": 1.2}, ValueError, r"`crop_pct` must be a number in \(0, 1\]"),
+        ({"seed": -1}, ValueError, r"`seed` must be an integer >= 0. Received: seed=-1"),
+        ({"seed": "0"}, TypeError, r"`seed` must be an integer >= 0"),
+        ({"num_classes": 0}, ValueError, r"`num_classes` must be an integer >= 1. Received: num_classes=0"),
+        ({"drop_remainder": "yes"}, TypeError, r"`drop_remainder` must be True, False or None"),
+        ({"augment": {"flip": False}}, TypeError, r"`augment` must be a `keras_metaformer.data.TrainAugment`"),
+    ],
+)
+def test_data_pipelines_check_their_options(options, error, message):
+    from keras_metaformer import data
+
+    images, labels = np.zeros((4, 8, 8, 3), "uint8"), np.array([0, 1, 0, 1])
+    with pytest.raises(error, match=message):
+        data.from_arrays(images, labels, training=True, **options)
+
+
+def test_from_arrays_refuses_no_images():
+    from keras_metaformer import data
+
+    with pytest.raises(ValueError, match=r"`images` holds no image. Received shape \(0, 8, 8\)."):
+        data.from_arrays(np.zeros((0, 8, 8), "uint8"), [], training=False)

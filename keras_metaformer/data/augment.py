@@ -10,8 +10,13 @@ Keras' own layer treats its factor as a fraction of each op's full range.
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
+from keras_metaformer.arguments import check_float
+from keras_metaformer.arguments import check_int
+from keras_metaformer.arguments import check_non_negative
+from keras_metaformer.arguments import check_probability
 from keras_metaformer.weights.pretrained_configs import IMAGENET_MEAN
 
 
@@ -38,6 +43,10 @@ class TrainAugment:
         label_smoothing: label smoothing applied to the one-hot labels
             before mixing, so the loss needs none of its own.
 
+    Each setting is checked when the object is made (probabilities in
+    `[0, 1]`, alphas >= 0, magnitudes in `[0, 10]`); a wrong one raises,
+    naming it.
+
     Example:
 
     >>> light = TrainAugment(flip=False, rand_augment_magnitude=None,
@@ -59,9 +68,55 @@ class TrainAugment:
     erasing_prob: float = 0.25
     label_smoothing: float = 0.1
 
+    def __post_init__(self):
+        # Checked here, not when the first batch is drawn: a wrong value
+        # (erasing_prob=1.5, mixup_alpha=-1) would otherwise train silently.
+        # Values are stored as plain Python numbers.
+        checked = {
+            "crop_scale": _check_pair("crop_scale", self.crop_scale, "in (0, 1]", high=1.0),
+            "crop_ratio": _check_pair("crop_ratio", self.crop_ratio, "> 0"),
+            "flip": _check_bool("flip", self.flip),
+            "rand_augment_magnitude": None
+            if self.rand_augment_magnitude is None
+            else check_float("rand_augment_magnitude", self.rand_augment_magnitude, "in [0, 10]", 0.0, 10.0),
+            "rand_augment_std": check_non_negative("rand_augment_std", self.rand_augment_std),
+            "rand_augment_ops": check_int("rand_augment_ops", self.rand_augment_ops),
+            "rand_augment_rate": check_probability("rand_augment_rate", self.rand_augment_rate),
+            "mixup_alpha": check_non_negative("mixup_alpha", self.mixup_alpha),
+            "cutmix_alpha": check_non_negative("cutmix_alpha", self.cutmix_alpha),
+            "switch_prob": check_probability("switch_prob", self.switch_prob),
+            "erasing_prob": check_probability("erasing_prob", self.erasing_prob),
+            "label_smoothing": check_float(
+                "label_smoothing", self.label_smoothing, "in [0, 1)", 0.0, 1.0, high_open=True
+            ),
+        }
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)  # the dataclass is frozen
+
     @property
     def mixes(self):
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+
+def _check_pair(name, value, expected, high=None):
+    """A `(min, max)` pair of floats, each `expected` (above 0, at most `high`), with min <= max."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise TypeError(
+            f"`{name}` must be a (min, max) pair of numbers {expected}. "
+            f"Received: {name}={value!r} ({type(value).__name__})"
+        )
+    pair = tuple(
+        check_float(f"{name}[{i}]", v, expected, low=0.0, high=high, low_open=True) for i, v in enumerate(value)
+    )
+    if pair[0] > pair[1]:
+        raise ValueError(f"`{name}` must be a (min, max) pair with min <= max. Received: {name}={tuple(value)!r}")
+    return pair
+
+
+def _check_bool(name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r} ({type(value).__name__})")
+    return bool(value)
 
 
 def _rand_augment(augment, seed):

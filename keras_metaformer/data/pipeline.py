@@ -3,6 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
+from keras_metaformer.arguments import check_float
+from keras_metaformer.arguments import check_int
 from keras_metaformer.data import transforms
 from keras_metaformer.data.augment import TrainAugment
 from keras_metaformer.data.augment import batch_augmentation
@@ -53,12 +55,8 @@ def build_pipeline(
     come out one-hot float32, so one loss serves training (soft, mixed
     labels) and evaluation.
     """
+    _check_options(num_classes, image_size, batch_size, augment, crop_pct, seed, shuffle_buffer, drop_remainder)
     image_size, crop_pct, interpolation = eval_settings(config, image_size, crop_pct, interpolation)
-    if image_size < 1 or batch_size < 1:
-        raise ValueError(
-            f"`image_size` and `batch_size` must be positive. Received: "
-            f"image_size={image_size}, batch_size={batch_size}."
-        )
     if seed is None:
         seed = int(np.random.default_rng().integers(2**31))
     options = tf.data.Options()
@@ -103,6 +101,30 @@ def build_pipeline(
     else:
         dataset = dataset.map(lambda images, labels: (images, tf.one_hot(labels, num_classes)))
     return dataset.prefetch(AUTOTUNE)
+
+
+def _check_options(num_classes, image_size, batch_size, augment, crop_pct, seed, shuffle_buffer, drop_remainder):
+    """Refuses a bad option before any dataset is built (0 would silently mean "the default")."""
+    check_int("num_classes", num_classes)
+    check_int("batch_size", batch_size)
+    if image_size is not None:
+        check_int("image_size", image_size)
+    if crop_pct is not None:
+        check_float("crop_pct", crop_pct, "in (0, 1]", low=0.0, high=1.0, low_open=True)
+    if seed is not None:
+        check_int("seed", seed, minimum=0)
+    if shuffle_buffer is not None:
+        check_int("shuffle_buffer", shuffle_buffer, minimum=0)
+    if drop_remainder is not None and not isinstance(drop_remainder, (bool, np.bool_)):
+        raise TypeError(
+            f"`drop_remainder` must be True, False or None (drop on training only). "
+            f"Received: drop_remainder={drop_remainder!r} ({type(drop_remainder).__name__})"
+        )
+    if augment is not None and not isinstance(augment, TrainAugment):
+        raise TypeError(
+            "`augment` must be a `keras_metaformer.data.TrainAugment` or None (the authors' recipe). "
+            f"Received: augment={augment!r} ({type(augment).__name__})"
+        )
 
 
 def _map_naming_failures(examples, transform, path_of):

@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from keras_metaformer.arguments import check_int
 from keras_metaformer.data.pipeline import build_pipeline
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -191,6 +192,8 @@ def from_arrays(images, labels, *, training, num_classes=None, class_names=None,
             "`images` must have shape (N, height, width) or (N, height, width, "
             f"1 or 3), channels last. Received shape {images.shape}."
         )
+    if len(images) == 0:
+        raise ValueError(f"`images` holds no image. Received shape {images.shape}.")
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
             f"`labels` must be {len(images)} integer class ids, one per image. "
@@ -198,7 +201,8 @@ def from_arrays(images, labels, *, training, num_classes=None, class_names=None,
         )
     if class_names is not None:
         num_classes = len(class_names)
-    num_classes = num_classes or int(labels.max()) + 1
+    # Checked here: 0 would otherwise fall back to the labels' count.
+    num_classes = int(labels.max()) + 1 if num_classes is None else check_int("num_classes", num_classes)
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(
             f"Labels must be in [0, {num_classes}). Received labels from {labels.min()} to {labels.max()}."
