@@ -19,6 +19,27 @@ def _atomic_write_json(path, value):
     os.replace(partial, path)
 
 
+def _checkpoint_mismatch(model, weights_path):
+    """`keras_weights_mismatch` against the model and its optimizer as built for training.
+
+    The optimizer of a compiled model that never trained is not built yet:
+    it has no slots (Adam's moments), so the layout `save_weights` writes
+    lacks the ones every checkpoint holds. The comparison uses a built copy
+    of it (from its config), so that a refused checkpoint leaves the user's
+    optimizer as it was.
+    """
+    optimizer = model.optimizer
+    if optimizer.built:
+        return keras_weights_mismatch(model, weights_path)
+    built = optimizer.__class__.from_config(optimizer.get_config())
+    built.build(model.trainable_variables)
+    model.optimizer = built  # only while the layout is written
+    try:
+        return keras_weights_mismatch(model, weights_path)
+    finally:
+        model.optimizer = optimizer
+
+
 class ResumableCheckpoint(keras.callbacks.Callback):
     """Saves model and optimizer state after every epoch, for resuming.
 
@@ -73,7 +94,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         too. Returns 0 when there is no checkpoint. Restoring is atomic: a
         checkpoint that does not fit the model raises a `ValueError` listing
         the differences, and on any error neither the model's weights nor
-        the optimizer's variables change.
+        the optimizer's variables change; a refused checkpoint leaves an
+        optimizer that was never built unbuilt.
         """
         if getattr(model, "optimizer", None) is None:
             raise ValueError(
@@ -85,9 +107,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         if not os.path.exists(self.state_path):
             return 0
         epoch, weights_path = self._read_state()
-        if not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        listing = keras_weights_mismatch(model, weights_path)
+        listing = _checkpoint_mismatch(model, weights_path)
         if listing:
             raise ValueError(
                 f"Cannot resume from {weights_path} (epoch {epoch}): it does not "
@@ -96,6 +116,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                 f"give ResumableCheckpoint another directory than {self.directory} "
                 "to train from epoch 0." + listing
             )
+        if not model.optimizer.built:  # compiled, never trained: its slots are what the file fills
+            model.optimizer.build(model.trainable_variables)
         variables = list({id(v): v for v in [*model.variables, *model.optimizer.variables]}.values())
         saved = [keras.ops.convert_to_numpy(variable) for variable in variables]
         try:

@@ -183,6 +183,21 @@ def test_restoring_a_checkpoint_of_another_model_changes_nothing(tmp_path):
     _assert_unchanged(before, model)
 
 
+def test_a_refused_restore_leaves_a_never_trained_optimizer_unbuilt(tmp_path):
+    trained = _dense_model(outputs=1)
+    checkpoint = _trained(trained, tmp_path)
+    model = _dense_model(outputs=2)  # compiled, never trained
+    before = _state(model)
+    assert not model.optimizer.built and len(before) == 6  # 4 weights, iterations, learning rate
+    with pytest.raises(ValueError, match="does not match model"):
+        checkpoint.restore(model)
+    assert not model.optimizer.built
+    _assert_unchanged(before, model)
+    fitting = _dense_model(outputs=1)  # and a checkpoint that fits still loads into such a model
+    assert checkpoint.restore(fitting) == 1
+    _assert_unchanged(_state(trained), fitting)  # weights and Adam's moments, as saved
+
+
 def test_a_restore_that_fails_while_loading_puts_every_weight_back(tmp_path, monkeypatch):
     checkpoint = _trained(_dense_model(), tmp_path)
     model = _dense_model()
