@@ -163,3 +163,16 @@ def test_from_arrays_refuses_no_images():
 
     with pytest.raises(ValueError, match=r"`images` holds no image. Received shape \(0, 8, 8\)."):
         data.from_arrays(np.zeros((0, 8, 8), "uint8"), [], training=False)
+
+
+@pytest.mark.parametrize("name", ["model.weights.h5", "model.keras"])
+def test_load_timm_weights_points_keras_files_to_load_weights(three_class_model, tmp_path, name):
+    from keras_metaformer.weights import load_timm_weights
+
+    path = tmp_path / name
+    path.write_bytes(b"")  # refused by its name, before it is read
+    with pytest.raises(ValueError, match=r"is a Keras weights file, not a timm checkpoint") as error:
+        load_timm_weights(three_class_model, path)
+    message = str(error.value)
+    assert f"`model.load_weights({str(path)!r})`" in message and f"`weights={str(path)!r}`" in message
+    assert "torch" not in message

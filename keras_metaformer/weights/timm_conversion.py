@@ -109,6 +109,12 @@ def read_checkpoint(source):
             raise CheckpointReadError(
                 f"{path!r} is not a readable .npz file; it is corrupt or truncated ({type(error).__name__}: {error})."
             ) from error
+    if path.endswith((".weights.h5", ".keras")):
+        raise CheckpointReadError(
+            f"{path!r} is a Keras weights file, not a timm checkpoint, so it needs no conversion: load it "
+            f"with `model.load_weights({path!r})`, or pass it to a builder as `weights={path!r}`, which "
+            "checks it against the model first."
+        )
     raise CheckpointReadError(
         f"Unsupported checkpoint file {path!r}. Expected a timm "
         "`.safetensors` file or an `.npz` archive of NumPy arrays. A PyTorch "
