@@ -36,9 +36,10 @@ class MetaFormerBlock(keras.layers.Layer):
     Args:
         token_mixer: a registered mixer name, or a Keras layer instance
             owned by this block (do not share one instance between blocks).
-            An instance with the global dtype policy (made without a
-            `dtype`) takes the block's policy; one with another policy, or
-            with weights in another policy, is refused.
+            An instance whose dtype policy is the global default takes the
+            block's policy, even if that default was passed as its `dtype`
+            explicitly (the two cannot be told apart); one in another
+            policy, or with weights in another policy, is refused.
             A mixer whose output channels scale with its input channels
             (linear, channel by channel) may set the class attribute
             `commutes_with_channel_scale = True`: the block then folds
@@ -219,9 +220,15 @@ class MetaFormerBlock(keras.layers.Layer):
 def _adopt_dtype_policy(mixer, policy, block_name):
     """Gives a mixer instance the block's dtype policy, so that per-layer
     mixed precision (`MetaFormerBlock(..., dtype="mixed_float16")`) reaches
-    it. Only an unbuilt mixer that was made with the global default policy
-    changes: a policy the user chose for it is kept, or refused if it
-    differs from the block's."""
+    it.
+
+    The rule: a mixer already in the block's policy is kept as it is; one
+    without weights whose policy is the global default
+    (`keras.config.dtype_policy()`) adopts the block's; any other is
+    refused (another policy, or weights made in another policy). A mixer
+    made with an explicit `dtype` equal to the global default cannot be told
+    apart from one made without `dtype`, so it adopts the block's policy
+    too. A mixer never runs in a policy other than its block's."""
     if mixer.dtype_policy.name == policy.name:
         return mixer
     # A stateless mixer is built from the start; one with weights has them in its policy's dtype.
