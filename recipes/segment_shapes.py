@@ -35,7 +35,6 @@ def main(argv=None):
         optimizer=keras.optimizers.AdamW(1e-4, weight_decay=0.05),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=["accuracy"],
-        jit_compile=False,
     )
     history = segmenter.fit(images, masks, batch_size=4, epochs=args.epochs, verbose=2)
     os.makedirs(args.output, exist_ok=True)
