@@ -12,6 +12,8 @@ import pytest
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "distributed_step.py")
 BACKEND = keras.backend.backend()
+# One worker runs this module: its module fixtures are expensive to make twice.
+pytestmark = pytest.mark.xdist_group("distributed")
 
 
 def _start(mode, output, env=None):

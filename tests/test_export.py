@@ -23,6 +23,8 @@ from keras_metaformer.weights import PretrainedConfig
 tf = pytest.importorskip("tensorflow")
 
 BACKEND = keras.backend.backend()
+# One worker runs this module: its module fixtures are expensive to make twice.
+pytestmark = pytest.mark.xdist_group("export")
 SIZE = 32
 NAMES = [f"digit {i}" for i in range(10)]
 # The images are already at the model's size: no resize, so the bytes
