@@ -30,6 +30,23 @@ from keras_metaformer.models.variants import architecture
 from keras_metaformer.weights import timm_conversion
 
 ARCHS = [f"{family}_{size}" for family, size in all_variants()]
+# The sizes of a family share every layer and differ only in depths and
+# widths, which the TensorFlow run checks for each size. On JAX, whose XLA
+# compiles each deep model for tens of seconds on 2 cores, the first size of
+# each family shows the backend's numerics.
+FIRST_SIZES = {family: f"{family}_{size}" for family, size in reversed(list(all_variants()))}.values()
+PARITY_ARCHS = [
+    arch
+    if arch in FIRST_SIZES
+    else pytest.param(
+        arch,
+        marks=pytest.mark.skipif(
+            keras.backend.backend() != "tensorflow",
+            reason="another size of a family checked on JAX; every size on TensorFlow",
+        ),
+    )
+    for arch in ARCHS
+]
 PARITY_ATOL = 1e-4  # the bound on logits; measured ~1e-6
 FEATURES_RTOL = 1e-4
 MEAN = np.array([0.485, 0.456, 0.406], "float32")
@@ -97,7 +114,7 @@ def _assert_matches_timm(model, io):
     np.testing.assert_allclose(features, io["features"], rtol=FEATURES_RTOL, atol=PARITY_ATOL)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", PARITY_ARCHS)
 def test_outputs_match_timm(arch, weights_dir):
     model = tiny_model(arch, weights=weights_file(weights_dir, arch))
     _assert_matches_timm(model, reference(arch))
