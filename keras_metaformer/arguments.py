@@ -9,6 +9,8 @@ a `TypeError`; a number out of range is a `ValueError`.
 
 import numbers
 
+import numpy as np
+
 
 def _describe(value):
     return f"{value!r} ({type(value).__name__})"
@@ -103,3 +105,10 @@ def check_int_sequence(name, values, minimum=1):
             f"Received: {name}={_describe(values)}"
         )
     return tuple(check_int(f"{name}[{index}]", value, minimum) for index, value in enumerate(values))
+
+
+def check_bool(name, value, expected="True or False"):
+    """`value` as a `bool`; NumPy's bools count, numbers and strings do not."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be {expected}. Received: {name}={_describe(value)}")
+    return bool(value)

@@ -10,9 +10,9 @@ Keras' own layer treats its factor as a fraction of each op's full range.
 
 import dataclasses
 
-import numpy as np
 import tensorflow as tf
 
+from keras_metaformer.arguments import check_bool
 from keras_metaformer.arguments import check_float
 from keras_metaformer.arguments import check_int
 from keras_metaformer.arguments import check_non_negative
@@ -75,7 +75,7 @@ class TrainAugment:
         checked = {
             "crop_scale": _check_pair("crop_scale", self.crop_scale, "in (0, 1]", high=1.0),
             "crop_ratio": _check_pair("crop_ratio", self.crop_ratio, "> 0"),
-            "flip": _check_bool("flip", self.flip),
+            "flip": check_bool("flip", self.flip),
             "rand_augment_magnitude": None
             if self.rand_augment_magnitude is None
             else check_float("rand_augment_magnitude", self.rand_augment_magnitude, "in [0, 10]", 0.0, 10.0),
@@ -111,12 +111,6 @@ def _check_pair(name, value, expected, high=None):
     if pair[0] > pair[1]:
         raise ValueError(f"`{name}` must be a (min, max) pair with min <= max. Received: {name}={tuple(value)!r}")
     return pair
-
-
-def _check_bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r} ({type(value).__name__})")
-    return bool(value)
 
 
 def _rand_augment(augment, seed):

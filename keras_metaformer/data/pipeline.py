@@ -3,6 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
+from keras_metaformer.arguments import check_bool
 from keras_metaformer.arguments import check_float
 from keras_metaformer.arguments import check_int
 from keras_metaformer.data import transforms
@@ -115,11 +116,8 @@ def _check_options(num_classes, image_size, batch_size, augment, crop_pct, seed,
         check_int("seed", seed, minimum=0)
     if shuffle_buffer is not None:
         check_int("shuffle_buffer", shuffle_buffer, minimum=0)
-    if drop_remainder is not None and not isinstance(drop_remainder, (bool, np.bool_)):
-        raise TypeError(
-            f"`drop_remainder` must be True, False or None (drop on training only). "
-            f"Received: drop_remainder={drop_remainder!r} ({type(drop_remainder).__name__})"
-        )
+    if drop_remainder is not None:
+        check_bool("drop_remainder", drop_remainder, "True, False or None (drop on training only)")
     if augment is not None and not isinstance(augment, TrainAugment):
         raise TypeError(
             "`augment` must be a `keras_metaformer.data.TrainAugment` or None (the authors' recipe). "
