@@ -16,6 +16,8 @@ import time
 import keras
 import numpy as np
 import pytest
+from conftest import FIRST_SIZES
+from conftest import ONE_SIZE_ON_JAX
 from conftest import TIMM_KEYS
 from conftest import fixture_path
 from conftest import full_size_model
@@ -30,21 +32,11 @@ from keras_metaformer.models.variants import architecture
 from keras_metaformer.weights import timm_conversion
 
 ARCHS = [f"{family}_{size}" for family, size in all_variants()]
-# The sizes of a family share every layer and differ only in depths and
-# widths, which the TensorFlow run checks for each size. On JAX, whose XLA
-# compiles each deep model for tens of seconds on 2 cores, the first size of
-# each family shows the backend's numerics.
-FIRST_SIZES = {family: f"{family}_{size}" for family, size in reversed(list(all_variants()))}.values()
+# Parity for every size on TensorFlow; on JAX, for the first of each family.
 PARITY_ARCHS = [
     arch
     if arch in FIRST_SIZES
-    else pytest.param(
-        arch,
-        marks=pytest.mark.skipif(
-            keras.backend.backend() != "tensorflow",
-            reason="another size of a family checked on JAX; every size on TensorFlow",
-        ),
-    )
+    else pytest.param(arch, marks=pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason=ONE_SIZE_ON_JAX))
     for arch in ARCHS
 ]
 PARITY_ATOL = 1e-4  # the bound on logits; measured ~1e-6
