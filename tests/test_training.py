@@ -97,6 +97,24 @@ def test_weight_decay_skips_norms_biases_and_layer_scales():
     assert any("layer_scale" in v.path for v in model.trainable_variables)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="JAX's trainer builds the optimizer itself")
+def test_adamw_is_built_in_the_models_distribution_scope_and_trains():
+    import tensorflow as tf
+
+    images, labels = _batch()
+    model = _model()
+    optimizer = adamw(model, 1e-3)
+    assert optimizer.built and len(optimizer.variables) > 2 * len(model.trainable_variables)
+    model.compile(optimizer, keras.losses.CategoricalCrossentropy(from_logits=True))
+    assert np.isfinite(model.train_on_batch(images, labels))
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        model = _model()
+        optimizer = adamw(model, 1e-3)
+        model.compile(optimizer, keras.losses.CategoricalCrossentropy(from_logits=True))
+    assert all(isinstance(v.value, tf.distribute.DistributedValues) for v in optimizer.variables)
+    assert np.isfinite(model.train_on_batch(images, labels))
+
+
 def test_a_run_killed_mid_epoch_resumes_without_repeating_epochs(tmp_path):
     command = [sys.executable, os.path.join(HERE, "resumable_training.py"), str(tmp_path)]
     state = tmp_path / "checkpoints" / "state.json"
