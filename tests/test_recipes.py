@@ -2,6 +2,7 @@ import importlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -49,14 +50,25 @@ def test_classify_offline_uses_random_weights_and_says_so():
     assert len(ranked) == 5
 
 
+@pytest.fixture
+def socket_timeout():
+    """Puts back the global socket timeout that the recipes' `main` sets."""
+    timeout = socket.getdefaulttimeout()
+    yield
+    socket.setdefaulttimeout(timeout)
+
+
 @ONCE
+@pytest.mark.usefixtures("socket_timeout")
 def test_classify_reports_unreadable_images(tmp_path):
-    missing = run_recipe("--image", str(tmp_path / "missing.jpg"), "--weights", "none")
-    assert missing.returncode != 0 and "no image file at" in missing.stderr
+    # In this process: `sys.exit(message)` prints the message and exits with 1.
+    classify = import_recipe("classify")
+    with pytest.raises(SystemExit, match=r"^error: no image file at"):
+        classify.main(["--image", str(tmp_path / "missing.jpg"), "--weights", "none"])
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
-    unreadable = run_recipe("--image", str(broken), "--weights", "none")
-    assert unreadable.returncode != 0 and "cannot read" in unreadable.stderr
+    with pytest.raises(SystemExit, match=r"^error: cannot read"):
+        classify.main(["--image", str(broken), "--weights", "none"])
 
 
 def test_classify_reads_a_16_bit_png_as_the_pipeline_does(tmp_path):
@@ -90,7 +102,8 @@ def png_title(path):
         return image.info["Title"]
 
 
-def test_finetune_smoke_writes_the_documented_files_and_keeps_only_the_latest_checkpoint(tmp_path):
+@pytest.mark.usefixtures("socket_timeout")
+def test_finetune_smoke_writes_the_documented_files_and_keeps_only_the_latest_checkpoint(tmp_path, capsys):
     documented = documented_outputs("finetune")
     assert documented == {"model.keras", "log.csv", "learning_curves.png", "checkpoints/"}
     kept = run_recipe("--smoke", "--keep-checkpoints", "--output", str(tmp_path), recipe="finetune.py")
@@ -108,13 +121,14 @@ def test_finetune_smoke_writes_the_documented_files_and_keeps_only_the_latest_ch
     model = keras.saving.load_model(tmp_path / "model.keras")
     assert model.output.shape == (None, 10)
 
-    # Run again without the flag: nothing left to train, and a successful
-    # run deletes its checkpoints.
-    again = run_recipe("--smoke", "--output", str(tmp_path), recipe="finetune.py")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "Done in an earlier run: the checkpoint is from epoch 3" in again.stdout
-    assert "Resuming after epoch 3" in again.stdout
-    assert f"deleted {tmp_path / 'checkpoints'} (--keep-checkpoints keeps it)" in again.stdout
+    # Run again without the flag, in this process (the script ran as one
+    # above): nothing left to train, and a successful run deletes its
+    # checkpoints.
+    import_recipe("finetune").main(["--smoke", "--output", str(tmp_path)])
+    again = capsys.readouterr().out
+    assert "Done in an earlier run: the checkpoint is from epoch 3" in again
+    assert "Resuming after epoch 3" in again
+    assert f"deleted {tmp_path / 'checkpoints'} (--keep-checkpoints keeps it)" in again
     assert listing(tmp_path) == outputs == {name for name in documented if not name.endswith("/")}
     assert (tmp_path / "log.csv").read_text() == log
 
@@ -217,16 +231,18 @@ def test_git_ignores_what_the_recipes_write_by_default():
 
 
 @ONCE
-def test_finetune_rejects_images_below_the_minimum_size(tmp_path):
-    result = run_recipe("--smoke", "--image-size", "16", "--output", str(tmp_path), recipe="finetune.py")
-    assert result.returncode != 0 and "--image-size must be at least 32" in result.stderr
+def test_finetune_rejects_images_below_the_minimum_size(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        import_recipe("finetune").main(["--smoke", "--image-size", "16", "--output", str(tmp_path)])
+    assert exit_status.value.code == 2 and "--image-size must be at least 32" in capsys.readouterr().err
 
 
 @ONCE
+@pytest.mark.usefixtures("socket_timeout")
 def test_finetune_explains_an_empty_image_folder(tmp_path):
     (tmp_path / "train").mkdir()
-    result = run_recipe("--smoke", "--data-dir", str(tmp_path), "--output", str(tmp_path / "out"), recipe="finetune.py")
-    assert result.returncode != 0 and "No images in" in result.stderr
+    with pytest.raises(SystemExit, match=r"^error: No images in"):
+        import_recipe("finetune").main(["--smoke", "--data-dir", str(tmp_path), "--output", str(tmp_path / "out")])
 
 
 def test_train_imagenet_smoke_runs_the_recipe_on_mock_imagenet(tmp_path):
