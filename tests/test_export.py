@@ -18,6 +18,7 @@ import pytest
 
 import keras_metaformer
 from keras_metaformer import export
+from keras_metaformer.training import adamw
 from keras_metaformer.weights import PretrainedConfig
 
 tf = pytest.importorskip("tensorflow")
@@ -59,7 +60,7 @@ def trained(digits):
     model = keras_metaformer.MetaFormer(
         depths=(1, 1), dims=(16, 32), input_shape=(SIZE, SIZE, 3), classes=10, weights=None, name="digits"
     )
-    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(adamw(model, 3e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(train_x, train_y, batch_size=64, epochs=10, verbose=0)
     accuracy = np.mean(np.argmax(model.predict(val_x, verbose=0), -1) == val_y)
     assert accuracy > 0.8, f"the test model did not learn the digits ({accuracy:.1%})"
