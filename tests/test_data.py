@@ -86,6 +86,19 @@ def test_seeded_training_pipelines_repeat_and_epochs_differ():
     assert not np.array_equal(first[0][0], _batches(make(8))[0][0])
 
 
+def test_a_training_pipeline_with_fewer_images_than_a_batch_is_refused():
+    images, labels = np.zeros((3, 8, 8, 3), "uint8"), [0, 1, 1]
+    message = r"has 3 images, fewer than batch_size=4, .* Use a batch_size of at most 3, or pass drop_remainder=False"
+    with pytest.raises(ValueError, match=message):
+        data.from_arrays(images, labels, training=True, image_size=32, batch_size=4)
+    kept = data.from_arrays(images, labels, training=True, image_size=32, batch_size=4, drop_remainder=False)
+    assert [len(batch_images) for batch_images, _ in _batches(kept)] == [3]
+    assert [
+        len(batch_images)
+        for batch_images, _ in _batches(data.from_arrays(images, labels, training=False, image_size=32, batch_size=4))
+    ] == [3]
+
+
 def test_mixed_labels_are_distributions_over_two_classes_at_most():
     labels = np.arange(16) % 4
     images = np.stack([np.full((8, 8, 3), 60 * c, "uint8") for c in labels])

@@ -69,7 +69,7 @@ def template(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme")
     Image.fromarray(data.chelsea()).save(root / "cat.jpg")
     rng = np.random.default_rng(0)
-    for split, count in (("train", 4), ("val", 1)):
+    for split, count in (("train", 16), ("val", 1)):
         for name in ("cats", "dogs"):
             folder = root / "photos" / split / name
             folder.mkdir(parents=True)

@@ -91,6 +91,7 @@ def build_pipeline(
     if skip_errors:
         dataset = dataset.ignore_errors(log_warning=True)
     drop_remainder = training if drop_remainder is None else drop_remainder
+    _check_one_batch(examples, batch_size, drop_remainder)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
 
     if training:
@@ -102,6 +103,18 @@ def build_pipeline(
     else:
         dataset = dataset.map(lambda images, labels: (images, tf.one_hot(labels, num_classes)))
     return dataset.prefetch(AUTOTUNE)
+
+
+def _check_one_batch(examples, batch_size, drop_remainder):
+    """Refuses a pipeline that would yield no batch at all: `fit` on it trains
+    nothing under TensorFlow and fails with a bare StopIteration under JAX."""
+    count = int(examples.cardinality())  # < 0: infinite or unknown
+    if drop_remainder and 0 <= count < batch_size:
+        raise ValueError(
+            f"The pipeline has {count} images, fewer than batch_size={batch_size}, and drops the last "
+            "incomplete batch (drop_remainder=True, the default for training), so it would yield no "
+            f"batch. Use a batch_size of at most {count}, or pass drop_remainder=False."
+        )
 
 
 def _check_options(num_classes, image_size, batch_size, augment, crop_pct, seed, shuffle_buffer, drop_remainder):
