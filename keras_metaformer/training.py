@@ -46,6 +46,10 @@ def warmup_cosine(peak, total_steps, warmup_steps, start=1e-6, end=1e-5):
 def adamw(model, learning_rate, weight_decay=0.05, **kwargs):
     """AdamW that decays only the multi-dimensional trainable weights.
 
+    The optimizer is for the variables trainable when it is made (under
+    TensorFlow it is built on them at once): make a new one after freezing
+    or unfreezing layers, as when fine-tuning in two phases.
+
     Args:
         model: the model to train; its trainable 1-D variables (norm scales
             and offsets, biases, layer scales) get no weight decay.
