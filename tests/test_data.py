@@ -92,11 +92,9 @@ def test_a_training_pipeline_with_fewer_images_than_a_batch_is_refused():
     with pytest.raises(ValueError, match=message):
         data.from_arrays(images, labels, training=True, image_size=32, batch_size=4)
     kept = data.from_arrays(images, labels, training=True, image_size=32, batch_size=4, drop_remainder=False)
-    assert [len(batch_images) for batch_images, _ in _batches(kept)] == [3]
-    assert [
-        len(batch_images)
-        for batch_images, _ in _batches(data.from_arrays(images, labels, training=False, image_size=32, batch_size=4))
-    ] == [3]
+    evaluation = data.from_arrays(images, labels, training=False, image_size=32, batch_size=4)
+    for dataset in (kept, evaluation):
+        assert [len(batch_images) for batch_images, _ in _batches(dataset)] == [3]
 
 
 def test_mixed_labels_are_distributions_over_two_classes_at_most():
