@@ -173,17 +173,41 @@ def test_fit_reduces_the_loss():
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize("given", ["globally", "as dtype"])
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_forward_matches_float32(policy):
+def test_mixed_precision_forward_matches_float32(policy, given):
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     reference = tiny_model(input_shape=(32, 32, 3), classifier_activation=None)
-    keras.config.set_dtype_policy(policy)
-    mixed = tiny_model(input_shape=(32, 32, 3), classifier_activation=None)
+    if given == "globally":
+        keras.config.set_dtype_policy(policy)
+        mixed = tiny_model(input_shape=(32, 32, 3), classifier_activation=None)
+    else:
+        mixed = tiny_model(input_shape=(32, 32, 3), classifier_activation=None, dtype=keras.DTypePolicy(policy))
+        assert keras.config.dtype_policy().name == "float32"
     mixed.set_weights(reference.get_weights())
     out = mixed.predict(x, verbose=0)
     assert out.dtype == np.float32  # the head computes in float32
-    assert mixed.get_layer("stage0_block0").compute_dtype == policy.split("_")[1]
+    # Every layer between the input and the head, and their sublayers, compute in the policy's dtype.
+    inner = [sub for layer in mixed.layers[1:-1] for sub in layer._flatten_layers()]
+    assert {layer.compute_dtype for layer in inner} == {policy.split("_")[1]}
     np.testing.assert_allclose(out, reference.predict(x, verbose=0), atol=0.1)
+
+
+def test_builders_take_a_dtype_policy_and_name_a_bad_one():
+    for model in (
+        tiny_model(
+            token_mixers=("sepconv", "random", "attention", "pool"),
+            norm="layer",
+            input_shape=(32, 32, 3),
+            include_top=False,
+            dtype="mixed_bfloat16",
+        ),
+        keras_metaformer.PoolFormerS12(weights=None, include_top=False, dtype="mixed_bfloat16"),
+    ):
+        assert {sub.compute_dtype for layer in model.layers[1:] for sub in layer._flatten_layers()} == {"bfloat16"}
+        assert {v.dtype for v in model.weights if "seed" not in v.path} == {"float32"}
+    with pytest.raises(ValueError, match=r"`dtype` must be a dtype policy or its name.*Received: dtype='float99'"):
+        tiny_model(dtype="float99")
 
 
 def test_keras_save_and_load_round_trip(tmp_path):

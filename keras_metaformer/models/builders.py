@@ -45,6 +45,10 @@ Args:
         logits. Only these two with pretrained weights.
     drop_path_rate: stochastic depth of the last block, rising linearly from
         0 over all blocks.
+    dtype: the layers' dtype policy or its name, e.g. `"mixed_bfloat16"` to
+        compute in bfloat16 with float32 weights; the global policy
+        (`keras.config.dtype_policy()`) when `None`. The classifier always
+        computes in float32, for a stable softmax.
     name: the model's name.
 
 Returns:
@@ -89,6 +93,7 @@ def make_builder(family, size):
         classes=1000,
         classifier_activation="softmax",
         drop_path_rate=0.0,
+        dtype=None,
         name=arch,
     ):
         return build_metaformer(
@@ -104,6 +109,7 @@ def make_builder(family, size):
             pooling=pooling,
             classes=classes,
             classifier_activation=classifier_activation,
+            dtype=dtype,
             name=name,
             builder_name=public_name,
             **arguments,

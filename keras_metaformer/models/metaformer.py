@@ -55,6 +55,7 @@ def MetaFormer(
     pooling=None,
     classes=1000,
     classifier_activation="softmax",
+    dtype=None,
     name="metaformer",
 ):
     """Builds a MetaFormer image classifier or backbone of any shape.
@@ -95,8 +96,9 @@ def MetaFormer(
         drop_path_rate: stochastic depth of the last block; it rises linearly
             from 0 over all blocks.
         include_top, include_preprocessing, weights, input_tensor,
-        input_shape, pooling, classes, classifier_activation, name: as for
-            `PoolFormerS12`, except that `weights` is `None` or a file path.
+        input_shape, pooling, classes, classifier_activation, dtype, name:
+            as for `PoolFormerS12`, except that `weights` is `None` or a
+            file path.
 
     Returns:
         A functional `keras.Model`.
@@ -133,6 +135,7 @@ def MetaFormer(
         pooling=pooling,
         classes=classes,
         classifier_activation=classifier_activation,
+        dtype=dtype,
         name=name,
     )
 
@@ -268,6 +271,7 @@ def build_metaformer(
     classes,
     classifier_activation,
     name,
+    dtype=None,
     builder_name="MetaFormer",
 ):
     """`MetaFormer` plus `arch`, the timm name that selects pretrained weights."""
@@ -292,6 +296,7 @@ def build_metaformer(
     norm_epsilon = check_positive("norm_epsilon", norm_epsilon)
     drop_path_rate = check_rate("drop_path_rate", drop_path_rate)
     check_activation(activation)
+    dtype = _dtype_policy(dtype)
     if include_top:
         classes = check_int("classes", classes)
         check_activation(classifier_activation, "classifier_activation")
@@ -305,7 +310,7 @@ def build_metaformer(
     inputs = _inputs(input_tensor, input_shape)
     x = inputs
     if include_preprocessing and input_shape[-1] != 3:
-        x = ToRGB(name="to_rgb")(x)
+        x = ToRGB(dtype=dtype, name="to_rgb")(x)
     if include_preprocessing:
         mean = pretrained.mean if pretrained else IMAGENET_MEAN
         std = pretrained.std if pretrained else IMAGENET_STD
@@ -313,6 +318,7 @@ def build_metaformer(
         x = keras.layers.Normalization(
             mean=[255.0 * m for m in mean],
             variance=[(255.0 * s) ** 2 for s in std],
+            dtype=dtype,
             name="preprocessing",
         )(x)
     x = PatchEmbedding(
@@ -322,6 +328,7 @@ def build_metaformer(
         padding=2,
         norm="post" if downsample_norm else None,
         norm_epsilon=DOWNSAMPLE_NORM_EPSILON,
+        dtype=dtype,
         name="stem",
     )(x)
 
@@ -335,6 +342,7 @@ def build_metaformer(
                 padding=1,
                 norm="pre" if downsample_norm else None,
                 norm_epsilon=DOWNSAMPLE_NORM_EPSILON,
+                dtype=dtype,
                 name=f"stage{stage}_downsample",
             )(x)
         for index in range(depth):
@@ -350,12 +358,13 @@ def build_metaformer(
                 layer_scale_init_value=layer_scales[stage],
                 res_scale_init_value=res_scales[stage],
                 drop_path_rate=drop_path_rates.pop(0),
+                dtype=dtype,
                 name=f"stage{stage}_block{index}",
             )(x)
 
     if include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = keras.layers.LayerNormalization(epsilon=HEAD_NORM_EPSILON, name="head_norm")(x)
+        x = keras.layers.GlobalAveragePooling2D(dtype=dtype, name="avg_pool")(x)
+        x = keras.layers.LayerNormalization(epsilon=HEAD_NORM_EPSILON, dtype=dtype, name="head_norm")(x)
         # Float32 outputs keep softmax stable under mixed precision.
         if head == "mlp":
             classifier = MlpHead(classes, activation=classifier_activation, dtype="float32", name="predictions")
@@ -365,9 +374,9 @@ def build_metaformer(
             )
         x = classifier(x)
     elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.GlobalAveragePooling2D(dtype=dtype, name="avg_pool")(x)
     elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+        x = keras.layers.GlobalMaxPooling2D(dtype=dtype, name="max_pool")(x)
 
     if input_tensor is not None:
         inputs = keras.utils.get_source_inputs(input_tensor)
@@ -375,6 +384,19 @@ def build_metaformer(
     model.pyramid_outputs = pyramid_outputs(model)
     load_weights(model, checkpoint)
     return model
+
+
+def _dtype_policy(dtype):
+    """`dtype` as a `keras.DTypePolicy`: the global policy when `None`."""
+    if dtype is None:
+        return keras.config.dtype_policy()
+    try:
+        return keras.dtype_policies.get(dtype)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            "`dtype` must be a dtype policy or its name: 'float32', 'mixed_bfloat16', 'mixed_float16', "
+            f"'bfloat16', ... Received: dtype={dtype!r} ({error})"
+        ) from None
 
 
 def pyramid_layer_names(model):
