@@ -38,6 +38,7 @@ _SAME_LAYOUT = (".random_matrix",)
 # Random-number state of stochastic layers: not part of any checkpoint.
 _SEED_STATE = "seed_generator_state"
 HEAD_PREFIX = "head."
+INCLUDE_TOP_ADVICE = "pass `include_top=False` to load a checkpoint whose head differs."
 _MAX_LISTED = 12
 
 
@@ -202,10 +203,14 @@ def _timm_prefix(layer_name):
     return None
 
 
-def timm_key_map(model):
-    """Returns `{timm key: Keras variable}` for every weight a checkpoint sets."""
+def timm_key_map(model, layers=None):
+    """Returns `{timm key: Keras variable}` for every weight a checkpoint sets.
+
+    `layers` (default: all of `model`'s) names the top-level layers to map,
+    e.g. a keras-hub classifier's head without its nested backbone.
+    """
     mapping = {}
-    for layer in model.layers:
+    for layer in model.layers if layers is None else layers:
         if layer.name in _UNMAPPED_LAYERS:
             continue
         prefix = _timm_prefix(layer.name)
@@ -302,27 +307,35 @@ def load_timm_weights(model, source):
     ...
     """
     state = read_checkpoint(source)
-    targets, values, listing = _match(model, state)
+    assign_timm_weights(timm_key_map(model), state, model.name)
+    return model
+
+
+def assign_timm_weights(targets, state, model_name, advice=INCLUDE_TOP_ADVICE):
+    """Sets `targets` (`{timm key: variable}`) from `state`, all or nothing.
+
+    Raises a `CheckpointMismatchError` listing missing, unexpected and
+    misshapen tensors, with `advice` on what to do, before any variable
+    changes. Head tensors are skipped when `targets` has no head.
+    """
+    values, listing = _match(targets, state)
     if listing:
         raise CheckpointMismatchError(
-            f"Cannot load the checkpoint into model {model.name!r}: it does "
+            f"Cannot load the checkpoint into model {model_name!r}: it does "
             "not match the architecture, so no weight was changed. Check that "
-            "the checkpoint is for the same variant, and pass "
-            "`include_top=False` to load a checkpoint whose head differs.",
+            f"the checkpoint is for the same variant, and {advice}",
             listing,
         )
     for key, variable in targets.items():
         variable.assign(values[key].astype(variable.dtype))
-    return model
 
 
-def _match(model, state):
-    """`(targets, values, listing)`: the model's variables and the checkpoint's
-    arrays in Keras' layout, by timm key, and where the two differ (`""` if
+def _match(targets, state):
+    """`(values, listing)`: the checkpoint's arrays in Keras' layout for the
+    variables `targets`, by timm key, and where the two differ (`""` if
     nowhere)."""
     if is_authors_format(state):
         state = authors_to_timm_keys(state)
-    targets = timm_key_map(model)
     if not any(key.startswith(HEAD_PREFIX) for key in targets):
         state = {k: v for k, v in state.items() if not k.startswith(HEAD_PREFIX)}
 
@@ -343,4 +356,4 @@ def _match(model, state):
         + format_listing("Unexpected in the checkpoint", unexpected)
         + format_listing("Shape mismatches", mismatched)
     )
-    return targets, values, listing
+    return values, listing
