@@ -7,6 +7,7 @@ that serves random weights under timm's names. The shell blocks that install
 packages or start a model server are the ones not run: they need the network.
 """
 
+import json
 import os
 import re
 import shlex
@@ -34,7 +35,7 @@ PYTHON = code_blocks("python")
 BASH = code_blocks("bash")
 # What each Python block does, in README order. A new block fails
 # test_every_python_block_is_run_here until it is named here.
-PYTHON_ROLES = ["hybrid", "classify", "fine-tune", "export", "weights", "dense", "distributed"]
+PYTHON_ROLES = ["hybrid", "classify", "fine-tune", "export", "weights", "hub", "distributed"]
 NOT_RUN = ("pip install", "docker run")  # shell lines that need the network
 
 
@@ -79,14 +80,47 @@ def template(tmp_path_factory):
     return root
 
 
+# timm's `config.json` for S12, as the Hub has it, less fields nothing reads.
+S12_CONFIG = {
+    "architecture": "poolformer_s12",
+    "num_classes": 1000,
+    "num_features": 512,
+    "pretrained_cfg": {
+        "tag": "sail_in1k",
+        "input_size": [3, 224, 224],
+        "interpolation": "bicubic",
+        "crop_pct": 0.9,
+        "crop_mode": "center",
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "num_classes": 1000,
+        "first_conv": "stem.proj",
+        "classifier": "head.fc",
+    },
+}
+
+
 @pytest.fixture
 def workspace(template, tmp_path, monkeypatch, keras_home):
-    """A copy of the template as the working directory, and a Hub that serves S12's file."""
+    """A copy of the template as the working directory, and a Hub that serves S12's files."""
+    import huggingface_hub.constants
+
     shutil.copytree(template, tmp_path, dirs_exist_ok=True)
     monkeypatch.chdir(tmp_path)
-    path = timm_url_path("poolformer_s12", "sail_in1k")
-    with HubServer({path: (template / "poolformer_s12.safetensors").read_bytes()}) as hub:
+    files = {
+        timm_url_path("poolformer_s12", "sail_in1k"): (template / "poolformer_s12.safetensors").read_bytes(),
+        timm_url_path("poolformer_s12", "sail_in1k", "config.json"): json.dumps(S12_CONFIG).encode(),
+    }
+    with HubServer(files) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        # huggingface_hub reads HF_ENDPOINT and its cache folder once, when imported.
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.endpoint)
+        monkeypatch.setattr(
+            huggingface_hub.constants,
+            "HUGGINGFACE_CO_URL_TEMPLATE",
+            hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        )
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
         yield tmp_path
 
 
@@ -102,10 +136,23 @@ def _restore_distribution():
     keras.distribution.set_distribution(None)
 
 
-@pytest.mark.parametrize("role", ["hybrid", "classify", "weights", "dense"])
+@pytest.mark.parametrize("role", ["hybrid", "classify", "weights"])
 def test_python_block_runs(role, workspace):
     namespace = run_block(role)
     assert any(isinstance(value, keras.Model) for value in namespace.values())
+
+
+def test_keras_hub_block_fine_tunes_a_timm_preset_and_saves_its_own(workspace):
+    import keras_hub
+
+    namespace = run_block("hub")
+    assert type(namespace["classifier"]).__name__ == "MetaFormerImageClassifier"
+    assert namespace["classifier"].output_shape == (None, 2)
+    restored = keras_hub.models.ImageClassifier.from_preset("photos_s12_preset")
+    x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype("float32")
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(restored(x)), keras.ops.convert_to_numpy(namespace["classifier"](x))
+    )
 
 
 def test_fine_tuning_block_trains_and_saves(workspace):
