@@ -1,43 +1,39 @@
 """`MetaFormerBackbone`: any MetaFormer as a keras-hub feature-pyramid backbone."""
 
+import inspect
+
 import keras
 import keras_hub
 
+from keras_metaformer.models.metaformer import MetaFormer
 from keras_metaformer.models.metaformer import build_metaformer
 from keras_metaformer.models.metaformer import pyramid_layer_names
 from keras_metaformer.models.variants import FAMILIES
 from keras_metaformer.models.variants import architecture as variant_architecture
 
-# The architecture arguments of `keras_metaformer.MetaFormer` that shape the
-# network (the head's kind belongs to the classifier).
-ARCHITECTURE_ARGUMENTS = (
-    "depths",
-    "dims",
-    "token_mixers",
-    "pool_size",
-    "mlp_ratio",
-    "activation",
-    "norm",
-    "norm_epsilon",
-    "norm_use_bias",
-    "use_bias",
-    "layer_scale_init_value",
-    "res_scale_init_value",
-    "downsample_norm",
+# `keras_metaformer.MetaFormer`'s arguments that shape the backbone, with
+# their defaults; the rest belong to the head, the weights or the model.
+_NOT_ARCHITECTURE = (
+    "head",
+    "drop_path_rate",
+    "include_top",
+    "include_preprocessing",
+    "weights",
+    "input_tensor",
+    "input_shape",
+    "pooling",
+    "classes",
+    "classifier_activation",
+    "dtype",
+    "name",
 )
-_DEFAULTS = dict(
-    token_mixers="pool",
-    pool_size=None,
-    mlp_ratio=4.0,
-    activation="gelu",
-    norm="group",
-    norm_epsilon=1e-5,
-    norm_use_bias=True,
-    use_bias=True,
-    layer_scale_init_value=1e-5,
-    res_scale_init_value=None,
-    downsample_norm=False,
-)
+_PARAMETERS = inspect.signature(MetaFormer).parameters
+ARCHITECTURE_ARGUMENTS = tuple(name for name in _PARAMETERS if name not in _NOT_ARCHITECTURE)
+_DEFAULTS = {
+    name: _PARAMETERS[name].default
+    for name in ARCHITECTURE_ARGUMENTS
+    if _PARAMETERS[name].default is not inspect.Parameter.empty
+}
 
 
 def split_architecture(name):
