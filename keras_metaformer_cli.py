@@ -16,6 +16,7 @@ MODEL is an architecture name (with `--weights`) or a `.keras` file.
 # the arguments are parsed, after the backends are told to be quiet.
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -116,6 +117,29 @@ def quiet():
     warnings.filterwarnings("ignore", module=r"(absl|flatbuffers|jax|keras|ml_dtypes|tensorflow)(\.|$)")
 
 
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Sends what native code writes to the process' stderr to /dev/null meanwhile.
+
+    On CPUs where TensorFlow turns oneDNN on (Intel's), TensorFlow 2.21 logs
+    that it did while it loads, before its logging reads
+    TF_CPP_MIN_LOG_LEVEL, so only the file descriptor can keep it quiet.
+    """
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to silence
+        yield
+        return
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def main(argv=None):
     """Runs the command line; returns the exit status (2 after an `error:` line).
 
@@ -130,7 +154,8 @@ def main(argv=None):
     if not args.verbose:
         quiet()
     try:
-        from keras_metaformer import cli  # Keras, its backend, and the commands
+        with contextlib.nullcontext() if args.verbose else native_stderr_silenced():
+            from keras_metaformer import cli  # Keras, its backend, and the commands
 
         getattr(cli, args.run)(args)
     except Exception as error:
