@@ -35,6 +35,7 @@ def test_builders_share_one_signature_and_docstring_template():
         "classes",
         "classifier_activation",
         "drop_path_rate",
+        "gradient_checkpointing",
         "dtype",
         "name",
     ]

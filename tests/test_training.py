@@ -1,6 +1,7 @@
-"""Training: precision policies, XLA, the optimiser recipe, and resuming after SIGKILL."""
+"""Training: precision policies, XLA, gradient checkpointing, the optimiser recipe, and resuming after SIGKILL."""
 
 import csv
+import functools
 import json
 import os
 import re
@@ -38,6 +39,94 @@ def _model(weights=None):
     if weights is not None:
         model.set_weights(weights)
     return model
+
+
+# --- Gradient checkpointing ------------------------------------------------------
+
+REMAT_ARCHITECTURE = dict(
+    depths=(1, 1, 2, 1),
+    dims=(8, 16, 24, 32),
+    token_mixers=("sepconv", "pool", "attention", "random"),
+    norm=("layer", "group", "layer", "layer"),
+    res_scale_init_value=(None, None, 1.0, 1.0),
+    drop_path_rate=0.3,
+    input_shape=(32, 32, 3),
+    classes=3,
+    classifier_activation=None,
+    weights=None,
+)
+IS_JAX = keras.backend.backend() == "jax"
+REMAT_SCOPES = {
+    "builder switch": None,
+    "list_of_layers": dict(mode="list_of_layers", layer_names=["stage0_block0", "stage2_block1", "stage3_block0"]),
+    "full": dict(mode="full"),
+    "larger_than": dict(mode="larger_than", output_size_threshold=4 * 8 * 8 * 16),
+    "activations": dict(mode="activations"),
+}
+
+
+def _seed_states(model):
+    return [v for v in model.non_trainable_variables if v.path.endswith("seed_generator_state")]
+
+
+@functools.cache
+def _reference_step():
+    """Weights and seed states of a model without remat, and its step's loss and updated weights."""
+    reference = keras_metaformer.MetaFormer(**REMAT_ARCHITECTURE)
+    weights = reference.get_weights()  # without the seed generators' states
+    seeds = [keras.ops.convert_to_numpy(state) for state in _seed_states(reference)]
+    return weights, seeds, *_sgd_step(reference, weights, seeds)
+
+
+def _sgd_step(model, weights, seeds):
+    """The loss of one SGD step (rate 1, so the update is minus the gradient) and the weights after it."""
+    model.set_weights(weights)
+    for state, value in zip(_seed_states(model), seeds, strict=True):  # the same stochastic depth draws
+        state.assign(value)
+    model.compile(keras.optimizers.SGD(1.0), keras.losses.CategoricalCrossentropy(from_logits=True))
+    loss = float(model.train_on_batch(*_batch()))
+    return loss, [keras.ops.convert_to_numpy(w) for w in model.weights]
+
+
+@pytest.mark.parametrize(
+    "scope",
+    [
+        "builder switch",
+        "list_of_layers",
+        "activations",
+        *(
+            pytest.param(mode, marks=pytest.mark.skipif(not IS_JAX, reason="Keras trains it on JAX only: next test"))
+            for mode in ("full", "larger_than")
+        ),
+    ],
+)
+def test_gradient_checkpointing_gives_the_same_step(scope):
+    weights, seeds, expected_loss, expected = _reference_step()
+    assert seeds
+    if scope == "builder switch":
+        model = keras_metaformer.MetaFormer(**REMAT_ARCHITECTURE, gradient_checkpointing=True)
+    else:
+        with keras.RematScope(**REMAT_SCOPES[scope]):
+            model = keras_metaformer.MetaFormer(**REMAT_ARCHITECTURE)
+    rematerialized = [layer.name for layer in model.layers if layer._remat_mode is not None]
+    if scope == "builder switch":  # each block, in a scope of its own
+        assert rematerialized == [f"stage{s}_block{b}" for s, b in ((0, 0), (1, 0), (2, 0), (2, 1), (3, 0))]
+    else:  # the scope reaches every layer, but not the model (a whole-model checkpoint saves nothing)
+        assert rematerialized == [layer.name for layer in model.layers] and model._remat_mode.mode is None
+    loss, updated = _sgd_step(model, weights, seeds)
+    assert loss == pytest.approx(expected_loss, abs=1e-5)
+    for value, reference_value in zip(updated, expected):
+        np.testing.assert_allclose(value, reference_value, rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(IS_JAX, reason="JAX trains every mode (test above)")
+@pytest.mark.parametrize("mode", ["full", "larger_than"])
+def test_remat_modes_that_keras_cannot_train_on_tensorflow_are_refused_up_front(mode):
+    with (
+        keras.RematScope(mode=mode),
+        pytest.raises(ValueError, match=rf"mode='{mode}'\) cannot train on TensorFlow.*gradient_checkpointing=True"),
+    ):
+        keras_metaformer.MetaFormer(**REMAT_ARCHITECTURE)
 
 
 def _first_step_loss(policy, weights, jit_compile):

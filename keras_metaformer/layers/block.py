@@ -9,11 +9,13 @@ from keras_metaformer.layers.layer_scale import LayerScale
 from keras_metaformer.layers.mlp import Mlp
 from keras_metaformer.layers.norms import GroupNormalization
 from keras_metaformer.layers.norms import get_norm
+from keras_metaformer.layers.remat import Rematerializable
+from keras_metaformer.layers.remat import with_drawn
 from keras_metaformer.layers.token_mixers import get_token_mixer
 
 
 @keras.saving.register_keras_serializable(package="keras_metaformer")
-class MetaFormerBlock(keras.layers.Layer):
+class MetaFormerBlock(Rematerializable, keras.layers.Layer):
     """The MetaFormer block: a token-mixer sub-block and an MLP sub-block.
 
     ```
@@ -148,16 +150,16 @@ class MetaFormerBlock(keras.layers.Layer):
             if layer is not None and not layer.built:
                 layer.build(input_shape)
 
-    def _residual_branch(self, x, branch, layer_scale, res_scale, training):
+    def _residual_branch(self, x, branch, layer_scale, res_scale, training, keep):
         if layer_scale is not None:
             branch = layer_scale(branch)
         if self.drop_path is not None:
-            branch = self.drop_path(branch, training=training)
+            branch = self.drop_path(branch, training=training, keep=keep)
         if res_scale is not None:
             x = res_scale(x)
         return x + branch
 
-    def call(self, inputs, training=None):
+    def call(self, inputs, training=None, drop_keep1=None, drop_keep2=None):
         # Layer scales are folded into the affine maps beside them: the second
         # into the MLP's output projection, the first, when the mixer mixes
         # each channel on its own and linearly (pooling), into norm1's gamma
@@ -175,10 +177,17 @@ class MetaFormerBlock(keras.layers.Layer):
         else:
             mixed = self.token_mixer(self.norm1(x, training=training))
             layer_scale1 = self.layer_scale1
-        x = self._residual_branch(x, mixed, layer_scale1, self.res_scale1, training)
+        x = self._residual_branch(x, mixed, layer_scale1, self.res_scale1, training, drop_keep1)
         scale2 = None if self.layer_scale2 is None else self.layer_scale2.scale
         transformed = self.mlp(self.norm2(x, training=training), output_scale=scale2)
-        return self._residual_branch(x, transformed, None, self.res_scale2, training)
+        return self._residual_branch(x, transformed, None, self.res_scale2, training, drop_keep2)
+
+    def rematerialized_call(self, layer_call, *args, **kwargs):
+        # Stochastic depth's draws, in the order `call` makes them, before the checkpoint.
+        if kwargs.get("training") and self.drop_path is not None and self.drop_path.rate > 0:
+            keeps = {name: self.drop_path.draw_keep(args[0]) for name in ("drop_keep1", "drop_keep2")}
+            return with_drawn(super().rematerialized_call, layer_call, args, kwargs, **keeps)
+        return super().rematerialized_call(layer_call, *args, **kwargs)
 
     def _folds_layer_scale1(self):
         """Whether `layer_scale1` can be folded into norm1's affine map: a

@@ -2,10 +2,12 @@ import keras
 from keras import ops
 
 from keras_metaformer.arguments import check_rate
+from keras_metaformer.layers.remat import Rematerializable
+from keras_metaformer.layers.remat import with_drawn
 
 
 @keras.saving.register_keras_serializable(package="keras_metaformer")
-class DropPath(keras.layers.Layer):
+class DropPath(Rematerializable, keras.layers.Layer):
     """Stochastic depth: drops a residual branch for whole samples.
 
     In training, each sample's input is zeroed with probability `rate` and the
@@ -41,15 +43,25 @@ class DropPath(keras.layers.Layer):
         # No weights: built now, unless a subclass defines its own `build`.
         self._build_at_init()
 
-    def call(self, inputs, training=False):
+    def call(self, inputs, training=False, keep=None):
         if not training or self.rate == 0:
             return inputs
-        keep_prob = 1.0 - self.rate
-        # One draw per sample, broadcast over every other axis.
+        if keep is None:
+            keep = self.draw_keep(inputs)
+        return inputs * keep / ops.cast(1.0 - self.rate, inputs.dtype)
+
+    def draw_keep(self, inputs):
+        """Which samples of `inputs` a training call keeps: 1 or 0 per sample,
+        broadcast over every other axis (the `keep` argument of `call`)."""
         shape = (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
         draws = keras.random.uniform(shape, seed=self.seed_generator)
-        keep = ops.cast(draws < keep_prob, inputs.dtype)
-        return inputs * keep / ops.cast(keep_prob, inputs.dtype)
+        return ops.cast(draws < 1.0 - self.rate, inputs.dtype)
+
+    def rematerialized_call(self, layer_call, *args, **kwargs):
+        if kwargs.get("training") and self.rate > 0 and kwargs.get("keep") is None:
+            keep = self.draw_keep(args[0])
+            return with_drawn(super().rematerialized_call, layer_call, args, kwargs, keep=keep)
+        return super().rematerialized_call(layer_call, *args, **kwargs)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -7,6 +7,7 @@ from keras_metaformer.layers.activations import serialize_activation
 from keras_metaformer.layers.compilation import compiled_by_xla_for_cpu
 from keras_metaformer.layers.positions import as_rows
 from keras_metaformer.layers.positions import positions_shape
+from keras_metaformer.layers.remat import Rematerializable
 
 # Hidden activations per block of the looped MLP: 2**21 values, 8 MiB in
 # float32, measured fastest at stage 1 of PoolFormer-S12 on a 2-core CPU.
@@ -14,7 +15,7 @@ _HIDDEN_BLOCK_SIZE = 2**21
 
 
 @keras.saving.register_keras_serializable(package="keras_metaformer")
-class Mlp(keras.layers.Layer):
+class Mlp(Rematerializable, keras.layers.Layer):
     """The channel MLP of a MetaFormer block: expand, activate, project back.
 
     `Dense(mlp_ratio * C) -> activation -> Dense(C)` on the last axis, where

@@ -15,11 +15,13 @@ PyTorch's (1e-5) and would break parity with pretrained weights.
 import keras
 from keras import ops
 
+from keras_metaformer.layers.remat import Rematerializable
+
 NORMS = ("group", "layer", "batch")
 
 
 @keras.saving.register_keras_serializable(package="keras_metaformer")
-class GroupNormalization(keras.layers.GroupNormalization):
+class GroupNormalization(Rematerializable, keras.layers.GroupNormalization):
     """Keras' `GroupNormalization`, with one group computed on the tensor as it is.
 
     Same variables, arguments and results as the Keras layer. With

@@ -4,11 +4,12 @@ from keras import ops
 from keras_metaformer.arguments import check_int
 from keras_metaformer.arguments import check_positive
 from keras_metaformer.layers.compilation import compiled_by_jax_for_cpu
+from keras_metaformer.layers.remat import Rematerializable
 from keras_metaformer.layers.strided_conv import strided_conv2d
 
 
 @keras.saving.register_keras_serializable(package="keras_metaformer")
-class PatchEmbedding(keras.layers.Layer):
+class PatchEmbedding(Rematerializable, keras.layers.Layer):
     """A strided convolution with symmetric zero padding: stem and downsampling.
 
     PoolFormer's stem is `PatchEmbedding(dims[0], 7, strides=4, padding=2)`

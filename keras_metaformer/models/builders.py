@@ -45,6 +45,10 @@ Args:
         logits. Only these two with pretrained weights.
     drop_path_rate: stochastic depth of the last block, rising linearly from
         0 over all blocks.
+    gradient_checkpointing: whether training recomputes each block's
+        activations in the backward pass instead of storing them (timm's
+        `set_grad_checkpointing()`), through `keras.RematScope`: less memory
+        for about one more forward pass.
     dtype: the layers' dtype policy or its name, e.g. `"mixed_bfloat16"` to
         compute in bfloat16 with float32 weights; the global policy
         (`keras.config.dtype_policy()`) when `None`. The classifier always
@@ -93,6 +97,7 @@ def make_builder(family, size):
         classes=1000,
         classifier_activation="softmax",
         drop_path_rate=0.0,
+        gradient_checkpointing=False,
         dtype=None,
         name=arch,
     ):
@@ -101,6 +106,7 @@ def make_builder(family, size):
             pool_size=None,
             mlp_ratio=4.0,
             drop_path_rate=drop_path_rate,
+            gradient_checkpointing=gradient_checkpointing,
             include_top=include_top,
             include_preprocessing=include_preprocessing,
             weights=weights,

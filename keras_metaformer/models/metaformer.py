@@ -1,8 +1,11 @@
 """The generic MetaFormer builder that every named variant feeds."""
 
+import contextlib
+
 import keras
 import numpy as np
 
+from keras_metaformer.arguments import check_bool
 from keras_metaformer.arguments import check_int
 from keras_metaformer.arguments import check_int_sequence
 from keras_metaformer.arguments import check_optional_float
@@ -47,6 +50,7 @@ def MetaFormer(
     downsample_norm=False,
     head="linear",
     drop_path_rate=0.0,
+    gradient_checkpointing=False,
     include_top=True,
     include_preprocessing=True,
     weights=None,
@@ -95,6 +99,11 @@ def MetaFormer(
         head: `"linear"` (Dense) or `"mlp"` (`MlpHead`) classifier.
         drop_path_rate: stochastic depth of the last block; it rises linearly
             from 0 over all blocks.
+        gradient_checkpointing: whether training recomputes each block's
+            activations in the backward pass instead of keeping them: less
+            memory for about one more forward pass. It puts each block in
+            a `keras.RematScope(mode="list_of_layers")`; building inside a
+            `keras.RematScope` of your own works too, on JAX in any mode.
         include_top, include_preprocessing, weights, input_tensor,
         input_shape, pooling, classes, classifier_activation, dtype, name:
             as for `PoolFormerS12`, except that `weights` is `None` or a
@@ -127,6 +136,7 @@ def MetaFormer(
         downsample_norm=downsample_norm,
         head=head,
         drop_path_rate=drop_path_rate,
+        gradient_checkpointing=gradient_checkpointing,
         include_top=include_top,
         include_preprocessing=include_preprocessing,
         weights=weights,
@@ -272,6 +282,7 @@ def build_metaformer(
     classifier_activation,
     name,
     dtype=None,
+    gradient_checkpointing=False,
     builder_name="MetaFormer",
 ):
     """`MetaFormer` plus `arch`, the timm name that selects pretrained weights."""
@@ -297,6 +308,8 @@ def build_metaformer(
     drop_path_rate = check_rate("drop_path_rate", drop_path_rate)
     check_activation(activation)
     dtype = _dtype_policy(dtype)
+    gradient_checkpointing = check_bool("gradient_checkpointing", gradient_checkpointing)
+    _check_remat_scope()
     if include_top:
         classes = check_int("classes", classes)
         check_activation(classifier_activation, "classifier_activation")
@@ -346,21 +359,24 @@ def build_metaformer(
                 name=f"stage{stage}_downsample",
             )(x)
         for index in range(depth):
-            x = MetaFormerBlock(
-                token_mixer=token_mixers[stage],
-                pool_size=pool_size if token_mixers[stage] == "pool" else None,
-                mlp_ratio=mlp_ratio,
-                activation=activation,
-                norm=norms[stage],
-                norm_epsilon=norm_epsilon,
-                norm_use_bias=norm_use_bias,
-                use_bias=use_bias,
-                layer_scale_init_value=layer_scales[stage],
-                res_scale_init_value=res_scales[stage],
-                drop_path_rate=drop_path_rates.pop(0),
-                dtype=dtype,
-                name=f"stage{stage}_block{index}",
-            )(x)
+            block_name = f"stage{stage}_block{index}"
+            with _block_remat_scope(block_name, gradient_checkpointing):
+                block = MetaFormerBlock(
+                    token_mixer=token_mixers[stage],
+                    pool_size=pool_size if token_mixers[stage] == "pool" else None,
+                    mlp_ratio=mlp_ratio,
+                    activation=activation,
+                    norm=norms[stage],
+                    norm_epsilon=norm_epsilon,
+                    norm_use_bias=norm_use_bias,
+                    use_bias=use_bias,
+                    layer_scale_init_value=layer_scales[stage],
+                    res_scale_init_value=res_scales[stage],
+                    drop_path_rate=drop_path_rates.pop(0),
+                    dtype=dtype,
+                    name=block_name,
+                )
+            x = block(x)
 
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(dtype=dtype, name="avg_pool")(x)
@@ -380,10 +396,35 @@ def build_metaformer(
 
     if input_tensor is not None:
         inputs = keras.utils.get_source_inputs(input_tensor)
-    model = keras.Model(inputs, x, name=name)
+    # Under keras.RematScope, the layers above are rematerialized one by one;
+    # the model itself is not: Keras would checkpoint its whole call, whose
+    # `training` flag JAX cannot trace, and which saves no memory.
+    with keras.RematScope(mode=None):
+        model = keras.Model(inputs, x, name=name)
     model.pyramid_outputs = pyramid_outputs(model)
     load_weights(model, checkpoint)
     return model
+
+
+def _block_remat_scope(block_name, gradient_checkpointing):
+    """Keras' rematerialization for one block, or the scope the caller is in."""
+    if gradient_checkpointing:
+        return keras.RematScope(mode="list_of_layers", layer_names=[block_name])
+    return contextlib.nullcontext()
+
+
+def _check_remat_scope():
+    """Refuses the `keras.RematScope` modes that Keras cannot train on TensorFlow."""
+    from keras.src.backend.common.remat import get_current_remat_mode
+
+    mode = get_current_remat_mode()
+    if mode is not None and mode.mode in ("full", "larger_than") and keras.backend.backend() == "tensorflow":
+        raise ValueError(
+            f"keras.RematScope(mode={mode.mode!r}) cannot train on TensorFlow: Keras rematerializes with "
+            "tf.recompute_grad, which takes no keyword arguments in a graph, and Keras passes `training` to "
+            "its own layers. Pass gradient_checkpointing=True instead (each block is rematerialized), use "
+            "mode='list_of_layers' with block names, or the JAX backend, where every mode works."
+        )
 
 
 def _dtype_policy(dtype):
