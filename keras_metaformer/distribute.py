@@ -1,4 +1,13 @@
-"""Multi-worker training with `model.fit` (TensorFlow backend).
+"""Multi-worker training with `model.fit`: TensorFlow, and JAX processes.
+
+JAX: `initialize_processes()` joins the processes named by Keras'
+`KERAS_DISTRIBUTION_*` variables into one job, after which
+`keras.distribution.DataParallel` spans every process's devices and each
+process feeds its own share of every global batch.
+`tests/test_multiprocess.py` checks that one step on two processes equals
+one step on one device.
+
+TensorFlow:
 
 Keras 3.15's TensorFlow trainer has two faults under
 `tf.distribute.MultiWorkerMirroredStrategy`, so `fit()` fails before its
@@ -35,7 +44,83 @@ Each worker reads the same global batches; TF's automatic sharding gives
 each worker its share of every batch.
 """
 
+import os
+
 _MENDED = False
+# Keras' variables naming a multi-process JAX job; see keras.distribution.initialize.
+JOB_VARIABLES = (
+    "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+    "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "KERAS_DISTRIBUTION_PROCESS_ID",
+)
+
+
+def initialize_processes():
+    """Joins the JAX job that `KERAS_DISTRIBUTION_*` names; returns `(num_processes, process_id)`.
+
+    Run once per process, before any JAX computation, with
+    `KERAS_DISTRIBUTION_JOB_ADDRESSES` (the coordinator's `host:port`, or
+    every process's, comma-separated), `KERAS_DISTRIBUTION_NUM_PROCESSES`
+    and `KERAS_DISTRIBUTION_PROCESS_ID` (0 for the coordinator) set. Without
+    them it does nothing and returns `(1, 0)`.
+
+    CPU collectives between processes go through gloo, named explicitly:
+    it is JAX 0.10's default, but older JAX releases had no cross-process
+    CPU collectives unless asked. So the job also runs on CPU-only hosts
+    and on loopback.
+    """
+    import keras
+
+    if not any(name in os.environ for name in JOB_VARIABLES):
+        return 1, 0
+    missing = [name for name in JOB_VARIABLES if name not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"A multi-process job needs all of {', '.join(JOB_VARIABLES)}; missing: {', '.join(missing)}. "
+            "Set them in every process, or none of them for a single process."
+        )
+    if keras.backend.backend() != "jax":
+        raise RuntimeError(
+            "KERAS_DISTRIBUTION_* variables start a multi-process job on the JAX backend, but "
+            f"KERAS_BACKEND is {keras.backend.backend()!r}. Set KERAS_BACKEND=jax, or on TensorFlow "
+            "use multi_worker_strategy() with TF_CONFIG."
+        )
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    keras.distribution.initialize()
+    return jax.process_count(), jax.process_index()
+
+
+def process_share(dataset, num_processes, process_id):
+    """This process's share of every global batch of a batched `tf.data.Dataset`.
+
+    Each global batch of B is cut into `num_processes` consecutive parts of
+    B / num_processes, and process `process_id` keeps its part, as
+    `keras.distribution` expects when each process feeds its own data
+    (`DataParallel(auto_shard_dataset=False)`): the step's global batch is
+    the processes' parts in process order. Every batch must hold B examples
+    (a training pipeline that drops the remainder), so that every process
+    takes the same number of steps; a process left without a batch would
+    wait for the others forever. Each process still runs the whole input
+    pipeline and discards the other parts.
+    """
+    import tensorflow as tf
+
+    if num_processes == 1:
+        return dataset
+    batch_size = tf.nest.flatten(dataset.element_spec)[0].shape[0]
+    if batch_size is None or batch_size % num_processes:
+        raise ValueError(
+            f"Each of {num_processes} processes takes an equal share of every batch, so batches must have one "
+            f"known size divisible by {num_processes}. Received batches of size {batch_size} (None: unknown, "
+            "e.g. a last incomplete batch). Batch with drop_remainder=True and a multiple of the process count."
+        )
+    steps = int(dataset.cardinality())
+    shared = dataset.rebatch(batch_size // num_processes).shard(num_processes, process_id)
+    if steps >= 0:  # rebatch forgets the number of batches; fit and schedules need it
+        shared = shared.apply(tf.data.experimental.assert_cardinality(steps))
+    return shared
 
 
 def multi_worker_strategy(**kwargs):

@@ -6,6 +6,10 @@ Command:   python recipes/train_imagenet.py --variant s12 --manual-dir /data/ima
            ILSVRC2012_img_val.tar in --manual-dir; or --data-dir with
            train/<synset>/ and val/<synset>/ folders.)
            python recipes/train_imagenet.py --smoke   (CI: TFDS' mock imagenet2012)
+           KERAS_BACKEND=jax KERAS_DISTRIBUTION_JOB_ADDRESSES=host0:1234 KERAS_DISTRIBUTION_NUM_PROCESSES=2 \
+               KERAS_DISTRIBUTION_PROCESS_ID=N python recipes/train_imagenet.py --distribution data-parallel
+           (JAX, one process per host or device, N = 0, 1; --batch-size stays the global batch
+           and each process reads its share of every batch)
 Hardware:  the authors trained on 8 GPUs; 300 epochs of S12 take a few GPU-days.
            Not run here: on a 2-core CPU one epoch would take about a week.
 Result:    the paper's ImageNet top-1 after 300 epochs: S12 77.2, S24 80.3,
@@ -18,7 +22,9 @@ Writes:    into --output (default imagenet_output/):
                                   finished epoch's weights and optimizer state, from which a killed
                                   run resumes; deleted after a successful run unless --keep-checkpoints
            Under --distribution multi-worker, each non-chief worker writes the same
-           into <output>/worker-N/. TFDS builds imagenet2012 in --tfds-data-dir
+           into <output>/worker-N/; with several JAX processes (--distribution
+           data-parallel, KERAS_DISTRIBUTION_* set), process N > 0 into
+           <output>/process-N/. TFDS builds imagenet2012 in --tfds-data-dir
            (default ~/tensorflow_datasets/) once.
 
 Recipe (the authors'): AdamW, peak learning rate 1e-3 x effective batch /
@@ -118,8 +124,9 @@ def build_model(args, num_classes):
 
 def train(args, manual_dir):
     scope = training_setup.configure(args)
-    paths = training_setup.output_paths(args.output)
+    paths = training_setup.output_paths(args.output, args.process_id)
     train_data, val_data = load_datasets(args, manual_dir)
+    train_data = training_setup.process_share(train_data, args)
     steps = int(train_data.cardinality()) // args.accumulate
     effective_batch = args.batch_size * args.accumulate
     peak = scaled_learning_rate(effective_batch)

@@ -15,8 +15,9 @@ from keras_metaformer.malloc import retain_freed_memory
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # mirrored: all local devices (TF); multi-worker: the cluster in TF_CONFIG,
-# one process per worker (TF); data-parallel: all local devices via
-# keras.distribution (JAX).
+# one process per worker (TF); data-parallel: via keras.distribution (JAX),
+# all local devices, or every process's devices when Keras'
+# KERAS_DISTRIBUTION_* variables name a job of several processes.
 DISTRIBUTIONS = ("none", "mirrored", "multi-worker", "data-parallel")
 TF_DISTRIBUTIONS = ("mirrored", "multi-worker")
 
@@ -68,14 +69,62 @@ def model_label(variant, smoke):
 
 
 def configure(args):
-    """Allocator, seeds, precision policy and distribution; returns the scope to build in."""
+    """Allocator, processes, seeds, precision policy and distribution; returns the scope to build in.
+
+    Sets `args.num_processes` and `args.process_id` (1 and 0 unless a JAX
+    job of several processes runs; see `join_processes`).
+    """
     if args.malloc == "retain":
         # First: threads that have already allocated keep returning memory.
         retain_freed_memory()
+    # Before anything computes on JAX, which fixes the devices it sees.
+    args.num_processes, args.process_id = join_processes(args.distribution)
+    if args.batch_size % args.num_processes:
+        raise SystemExit(
+            f"error: each of {args.num_processes} processes takes an equal share of every batch; "
+            f"--batch-size must be a multiple of {args.num_processes} (received {args.batch_size})."
+        )
     socket.setdefaulttimeout(30)  # fail fast rather than hang offline
     keras.utils.set_random_seed(args.seed)
     keras.config.set_dtype_policy(args.precision)
     return distribution_scope(args.distribution)
+
+
+def join_processes(name):
+    """Joins the JAX job named by KERAS_DISTRIBUTION_*, if any; returns `(num_processes, process_id)`.
+
+    Every process runs the same command, with the variables of
+    `keras.distribution.initialize` set: `KERAS_DISTRIBUTION_JOB_ADDRESSES`
+    (process 0's `host:port`), `KERAS_DISTRIBUTION_NUM_PROCESSES` and its own
+    `KERAS_DISTRIBUTION_PROCESS_ID`.
+    """
+    named = [variable for variable in keras_metaformer.distribute.JOB_VARIABLES if variable in os.environ]
+    if not named:
+        return 1, 0
+    if name != "data-parallel":
+        raise SystemExit(
+            f"error: {named[0]} is set, which starts a multi-process JAX job; that needs "
+            f"--distribution data-parallel (received --distribution {name}). Unset the "
+            "KERAS_DISTRIBUTION_* variables to train in one process."
+        )
+    try:
+        num_processes, process_id = keras_metaformer.distribute.initialize_processes()
+    except RuntimeError as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"Process {process_id} of {num_processes}")
+    return num_processes, process_id
+
+
+def process_share(dataset, args):
+    """This process's part of every batch of a training pipeline; all of it in a single process.
+
+    Validation data is not split: every process evaluates every batch, so
+    the global batch repeats each example once per process and the metrics
+    equal one process's, even over a last incomplete batch.
+    """
+    shared = keras_metaformer.distribute.process_share(dataset, args.num_processes, args.process_id)
+    shared.class_names, shared.num_classes = dataset.class_names, dataset.num_classes
+    return shared
 
 
 def distribution_scope(name):
@@ -96,9 +145,11 @@ def distribution_scope(name):
         return strategy.scope()
     if backend != "jax":
         raise SystemExit(f"error: --distribution data-parallel needs KERAS_BACKEND=jax (now {backend}).")
-    distribution = keras.distribution.DataParallel()
+    devices = keras.distribution.list_devices()  # every process's
+    # The recipes hand each process its own share of the data (process_share).
+    distribution = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
     keras.distribution.set_distribution(distribution)
-    print(f"Distribution: DataParallel over {len(keras.distribution.list_devices())} devices")
+    print(f"Distribution: DataParallel over {len(devices)} devices in {distribution.num_processes} processes")
     return contextlib.nullcontext()
 
 
@@ -170,16 +221,20 @@ def plot_learning_curves(log_path, png_path, title, boundary=None):
     return figure
 
 
-def output_paths(directory):
-    """Where a recipe writes; under multi-worker training, one folder per worker.
+def output_paths(directory, process_id=0):
+    """Where a recipe writes; under multi-worker or multi-process training, one folder per process.
 
-    Every worker runs the whole recipe. The chief writes to `directory`, the
-    others to `directory/worker-N`, so that no two processes write one file.
+    Every worker or process runs the whole recipe. The chief (TF) or process
+    0 (JAX) writes to `directory`, the others to `directory/worker-N` or
+    `directory/process-N`, so that no two processes write one file, and each
+    resumes from its own checkpoints, which hold the same weights.
     """
     config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     task = config.get("task", {})
     if task.get("type") == "worker" and ("chief" in config.get("cluster", {}) or task.get("index", 0) > 0):
         directory = os.path.join(directory, f"worker-{task['index']}")
+    elif process_id > 0:
+        directory = os.path.join(directory, f"process-{process_id}")
     os.makedirs(directory, exist_ok=True)
     names = {"model": "model.keras", "log": "log.csv", "plot": "learning_curves.png", "checkpoints": "checkpoints"}
     return {key: os.path.join(directory, name) for key, name in names.items()}
