@@ -9,6 +9,7 @@ from keras_metaformer.models.metaformer import MetaFormer
 from keras_metaformer.models.metaformer import build_metaformer
 from keras_metaformer.models.metaformer import pyramid_layer_names
 from keras_metaformer.models.variants import FAMILIES
+from keras_metaformer.models.variants import all_variants
 from keras_metaformer.models.variants import architecture as variant_architecture
 
 # `keras_metaformer.MetaFormer`'s arguments that shape the backbone, with
@@ -36,13 +37,15 @@ _DEFAULTS = {
 }
 
 
+# timm's names of the variant table's architectures, e.g. "caformer_s18".
+ARCHITECTURES = {f"{family}_{size}": (family, size) for family, size in all_variants()}
+
+
 def split_architecture(name):
     """`(family, size)` of a timm architecture name such as `"caformer_s18"`, or a `ValueError`."""
-    family, _, size = str(name).rpartition("_")
-    if family not in FAMILIES or size not in FAMILIES[family].sizes:
-        known = [f"{family}_{size}" for family, spec in FAMILIES.items() for size in spec.sizes]
-        raise ValueError(f"Unknown MetaFormer architecture {name!r}. Expected one of: {', '.join(known)}.")
-    return family, size
+    if name not in ARCHITECTURES:
+        raise ValueError(f"Unknown MetaFormer architecture {name!r}. Expected one of: {', '.join(ARCHITECTURES)}.")
+    return ARCHITECTURES[name]
 
 
 def classifier_head(architecture):

@@ -16,10 +16,10 @@ from keras_hub.src.utils import preset_utils
 from keras_hub.src.utils.timm import preset_loader as timm_preset_loader
 
 from keras_metaformer.hub.metaformer_backbone import ARCHITECTURE_ARGUMENTS
+from keras_metaformer.hub.metaformer_backbone import ARCHITECTURES
 from keras_metaformer.hub.metaformer_backbone import MetaFormerBackbone
 from keras_metaformer.hub.metaformer_backbone import split_architecture
 from keras_metaformer.hub.metaformer_image_converter import normalisation
-from keras_metaformer.models.variants import FAMILIES
 from keras_metaformer.weights.timm_conversion import assign_timm_weights
 from keras_metaformer.weights.timm_conversion import read_checkpoint
 from keras_metaformer.weights.timm_conversion import timm_key_map
@@ -29,8 +29,7 @@ NEW_HEAD_ADVICE = "pass `num_classes` to load it with a new head."
 
 
 def is_metaformer(config):
-    family, _, size = str(config.get("architecture", "")).rpartition("_")
-    return family in FAMILIES and size in FAMILIES[family].sizes
+    return config.get("architecture") in ARCHITECTURES
 
 
 class MetaFormerTimmPresetLoader(preset_utils.PresetLoader):
