@@ -6,9 +6,9 @@ import keras_hub
 from keras_metaformer.hub.metaformer_backbone import MetaFormerBackbone
 from keras_metaformer.hub.metaformer_backbone import classifier_head
 from keras_metaformer.hub.metaformer_image_classifier_preprocessor import MetaFormerImageClassifierPreprocessor
-from keras_metaformer.layers import MlpHead
 from keras_metaformer.models.metaformer import HEAD_NORM_EPSILON
 from keras_metaformer.models.metaformer import HEADS
+from keras_metaformer.models.metaformer import classifier_layer
 
 
 @keras.saving.register_keras_serializable(package="keras_metaformer")
@@ -65,12 +65,7 @@ class MetaFormerImageClassifier(keras_hub.models.ImageClassifier):
         self.pooler = keras.layers.GlobalAveragePooling2D(dtype=head_dtype, name="avg_pool")
         self.head_norm = keras.layers.LayerNormalization(epsilon=HEAD_NORM_EPSILON, dtype=head_dtype, name="head_norm")
         self.output_dropout = keras.layers.Dropout(dropout, dtype=head_dtype, name="output_dropout")
-        if head == "mlp":
-            self.output_dense = MlpHead(num_classes, activation=activation, dtype=head_dtype, name="predictions")
-        else:
-            self.output_dense = keras.layers.Dense(
-                num_classes, activation=activation, dtype=head_dtype, name="predictions"
-            )
+        self.output_dense = classifier_layer(head, num_classes, activation, head_dtype)
 
         # === Functional model ===
         inputs = backbone.input

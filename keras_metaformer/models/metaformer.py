@@ -382,13 +382,7 @@ def build_metaformer(
         x = keras.layers.GlobalAveragePooling2D(dtype=dtype, name="avg_pool")(x)
         x = keras.layers.LayerNormalization(epsilon=HEAD_NORM_EPSILON, dtype=dtype, name="head_norm")(x)
         # Float32 outputs keep softmax stable under mixed precision.
-        if head == "mlp":
-            classifier = MlpHead(classes, activation=classifier_activation, dtype="float32", name="predictions")
-        else:
-            classifier = keras.layers.Dense(
-                classes, activation=classifier_activation, dtype="float32", name="predictions"
-            )
-        x = classifier(x)
+        x = classifier_layer(head, classes, classifier_activation)(x)
     elif pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(dtype=dtype, name="avg_pool")(x)
     elif pooling == "max":
@@ -404,6 +398,13 @@ def build_metaformer(
     model.pyramid_outputs = pyramid_outputs(model)
     load_weights(model, checkpoint)
     return model
+
+
+def classifier_layer(head, classes, activation, dtype="float32"):
+    """timm's classifier (`head.fc`): the baselines' `MlpHead` for `head="mlp"`, else a Dense layer."""
+    if head == "mlp":
+        return MlpHead(classes, activation=activation, dtype=dtype, name="predictions")
+    return keras.layers.Dense(classes, activation=activation, dtype=dtype, name="predictions")
 
 
 def _block_remat_scope(block_name, gradient_checkpointing):
