@@ -10,6 +10,10 @@ from keras_metaformer.weights.resolve import keras_weights_mismatch
 STATE_FILE = "state.json"
 
 
+def _weights_name(epoch):
+    return f"epoch-{epoch:04d}.weights.h5"
+
+
 def _atomic_write_json(path, value):
     partial = path + ".partial"
     with open(partial, "w") as file:
@@ -51,6 +55,14 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     separately, so a kill during the write can corrupt the one or mismatch
     the other. Resume with `fit(..., initial_epoch=checkpoint.restore(model))`.
 
+    In a job of several workers (TF `MultiWorkerMirroredStrategy`, several
+    JAX processes), each worker checkpoints into its own `directory`; pass
+    `distributed=True`, and create and restore the checkpoint inside the
+    strategy's scope. A worker killed while saving epoch N+1 restarts with
+    epoch N, while the others hold N+1; so each keeps the last two epochs,
+    and `saved_epoch()` and `restore()` use the latest epoch that every
+    worker holds (`keras_metaformer.distribute.job_minimum`).
+
     Example:
 
     >>> import tempfile, numpy as np, keras
@@ -68,9 +80,10 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     >>> scratch.cleanup()
     """
 
-    def __init__(self, directory):
+    def __init__(self, directory, distributed=False):
         super().__init__()
         self.directory = directory
+        self.distributed = distributed
 
     @property
     def state_path(self):
@@ -83,9 +96,12 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         that compile different optimizers asks which phase the checkpoint
         belongs to before restoring it into that phase's model.
         """
-        if not os.path.exists(self.state_path):
-            return 0
-        return self._read_state()[0]
+        epoch = self._read_state()[0] if os.path.exists(self.state_path) else 0
+        if self.distributed:
+            from keras_metaformer.distribute import job_minimum
+
+            epoch = job_minimum(epoch)
+        return epoch
 
     def restore(self, model):
         """Loads the last complete checkpoint into `model`; returns its epoch.
@@ -104,9 +120,10 @@ class ResumableCheckpoint(keras.callbacks.Callback):
                 "`model.compile(optimizer=..., loss=...)` first, then "
                 "`checkpoint.restore(model)`."
             )
-        if not os.path.exists(self.state_path):
+        epoch = self.saved_epoch()
+        if epoch == 0:
             return 0
-        epoch, weights_path = self._read_state()
+        weights_path = self._weights_path(epoch)
         listing = _checkpoint_mismatch(model, weights_path)
         if listing:
             raise ValueError(
@@ -158,13 +175,31 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             )
         return epoch, weights_path
 
+    def _weights_path(self, epoch):
+        """The weights file of `epoch`: the one `state.json` names, or the one kept before it."""
+        latest, latest_path = self._read_state()
+        if epoch == latest:
+            return latest_path
+        path = os.path.join(self.directory, _weights_name(epoch))
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"The job resumes after epoch {epoch}, the latest that every worker holds, but this "
+                f"worker's checkpoint folder {self.directory} has epoch {latest} and no {path}. Workers "
+                "keep their last two epochs, so they can be at most one epoch apart; were the folders "
+                "copied or deleted? Restore the folders, or delete every worker's checkpoint folder to "
+                "train from epoch 0."
+            )
+        return path
+
     def on_epoch_end(self, epoch, logs=None):
         os.makedirs(self.directory, exist_ok=True)
-        name = f"epoch-{epoch + 1:04d}.weights.h5"
+        name = _weights_name(epoch + 1)
+        # A distributed job keeps the epoch before too: see the class docstring.
+        keep = {name, STATE_FILE, _weights_name(epoch)} if self.distributed else {name, STATE_FILE}
         partial = os.path.join(self.directory, name + ".partial.weights.h5")
         self.model.save_weights(partial, overwrite=True)
         os.replace(partial, os.path.join(self.directory, name))
         _atomic_write_json(self.state_path, {"epoch": epoch + 1, "weights": name})
         for old in os.listdir(self.directory):
-            if old != name and old != STATE_FILE and old.startswith("epoch-"):
+            if old not in keep and old.startswith("epoch-"):
                 os.remove(os.path.join(self.directory, old))

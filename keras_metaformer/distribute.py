@@ -123,6 +123,40 @@ def process_share(dataset, num_processes, process_id):
     return shared
 
 
+def job_minimum(value):
+    """The smallest of the integer `value` over every worker or process of the job.
+
+    Workers resuming a job must agree on the epoch to resume from: a worker
+    killed while writing its checkpoint is one epoch behind the others. Every
+    worker calls this at the same point with its own value, and all get the
+    same answer. On TensorFlow the job is the workers of the
+    `tf.distribute` strategy in scope (call it inside `strategy.scope()`); on
+    JAX it is every process that `initialize_processes()` joined. In a single
+    process it returns `value`.
+    """
+    import keras
+    import numpy as np
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        if jax.process_count() == 1:
+            return int(value)
+        from jax.experimental import multihost_utils
+
+        return int(np.min(multihost_utils.process_allgather(np.array([value], "int32"))))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        strategy = tf.distribute.get_strategy()
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return int(value)  # one process: nothing to agree with
+        per_replica = strategy.run(lambda: tf.constant([value], tf.int64))
+        return int(tf.reduce_min(strategy.gather(per_replica, axis=0)))
+    return int(value)
+
+
 def multi_worker_strategy(**kwargs):
     """A `tf.distribute.MultiWorkerMirroredStrategy` that `model.fit` can use.
 

@@ -20,8 +20,9 @@ Writes:    into --output (default finetune_output/):
              log.csv              loss and accuracy per epoch, training and validation, both phases
              learning_curves.png  those curves, titled with the model and the data set
              checkpoints/         while training: state.json and epoch-NNNN.weights.h5, the last
-                                  finished epoch's weights and optimizer state, from which a killed
-                                  run resumes; deleted after a successful run unless --keep-checkpoints
+                                  finished epoch's weights and optimizer state (the last two in a job
+                                  of several workers), from which a killed run resumes; deleted after
+                                  a successful run unless --keep-checkpoints
            Under --distribution multi-worker, each non-chief worker writes the same
            into <output>/worker-N/; with several JAX processes (--distribution
            data-parallel, KERAS_DISTRIBUTION_* set), process N > 0 into
@@ -154,7 +155,10 @@ def run_phase(model, optimizer, train, val, args, checkpoint, epochs, log_path):
         epochs=epochs.stop,
         initial_epoch=initial_epoch,
         shuffle=False,  # the tf.data pipeline shuffles; Keras would warn that it cannot
-        callbacks=[checkpoint, keras.callbacks.CSVLogger(log_path, append=True)],
+        callbacks=[
+            keras.callbacks.CSVLogger(log_path, append=True),
+            checkpoint,
+        ],  # log, then checkpoint: see open_checkpoint
         verbose=1 if sys.stdout.isatty() else 2,
     )
 
@@ -167,7 +171,7 @@ def train_in_two_phases(model, backbone, pretrained, train, val, args, paths):
     """
     steps = int(train.cardinality())
     total = args.head_epochs + args.epochs
-    checkpoint = training_setup.open_checkpoint(paths)
+    checkpoint = training_setup.open_checkpoint(paths, args)
 
     print(f"\nPhase 1: head only, backbone frozen ({args.head_epochs} epochs)")
     backbone.trainable = False

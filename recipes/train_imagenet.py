@@ -19,8 +19,9 @@ Writes:    into --output (default imagenet_output/):
              log.csv              loss, top-1 and top-5 accuracy per epoch, training and validation
              learning_curves.png  loss and top-1 curves, titled with the model and the data set
              checkpoints/         while training: state.json and epoch-NNNN.weights.h5, the last
-                                  finished epoch's weights and optimizer state, from which a killed
-                                  run resumes; deleted after a successful run unless --keep-checkpoints
+                                  finished epoch's weights and optimizer state (the last two in a job
+                                  of several workers), from which a killed run resumes; deleted after
+                                  a successful run unless --keep-checkpoints
            Under --distribution multi-worker, each non-chief worker writes the same
            into <output>/worker-N/; with several JAX processes (--distribution
            data-parallel, KERAS_DISTRIBUTION_* set), process N > 0 into
@@ -151,15 +152,15 @@ def train(args, manual_dir):
             ],
             jit_compile=args.jit_compile or "auto",
         )
-    checkpoint = training_setup.open_checkpoint(paths)
-    initial_epoch = checkpoint.restore(model)
+        checkpoint = training_setup.open_checkpoint(paths, args)  # in the scope: workers agree on the epoch
+        initial_epoch = checkpoint.restore(model)
     model.fit(
         train_data,
         validation_data=val_data,
         epochs=args.epochs,
         initial_epoch=initial_epoch,
         shuffle=False,  # the tf.data pipeline shuffles; Keras would warn that it cannot
-        callbacks=[checkpoint, keras.callbacks.CSVLogger(paths["log"], append=True)],
+        callbacks=[keras.callbacks.CSVLogger(paths["log"], append=True), checkpoint],  # see open_checkpoint
         verbose=1 if sys.stdout.isatty() else 2,
     )
     if args.ema is not None:

@@ -240,17 +240,31 @@ def output_paths(directory, process_id=0):
     return {key: os.path.join(directory, name) for key, name in names.items()}
 
 
-def open_checkpoint(paths):
-    """The run's `ResumableCheckpoint`; a run that starts afresh starts a fresh log.
+def open_checkpoint(paths, args):
+    """The run's `ResumableCheckpoint`, with the log cut back to the epochs it holds.
 
-    The log is appended to when a run resumes. A run that finds no
+    Call it inside the distribution scope: in a job of several workers or
+    processes, they agree on the epoch to resume from. A run that resumes
+    after epoch N keeps the log's rows of epochs 0 to N-1 and appends to
+    them: a run killed after logging an epoch but before checkpointing it
+    trains that epoch again, and logs it once. A run that finds no
     checkpoint (a first run, or a rerun after a finished run deleted its
-    checkpoints) starts at epoch 0 and must not add its rows to the last
-    run's.
+    checkpoints) starts a fresh log rather than add to the last run's. Pass
+    the log's `CSVLogger` to `fit` before the checkpoint, so that a logged
+    epoch is never missing from the log.
     """
-    checkpoint = ResumableCheckpoint(paths["checkpoints"])
-    if checkpoint.saved_epoch() == 0 and os.path.exists(paths["log"]):
-        os.remove(paths["log"])
+    distributed = args.distribution == "multi-worker" or args.num_processes > 1
+    checkpoint = ResumableCheckpoint(paths["checkpoints"], distributed=distributed)
+    saved = checkpoint.saved_epoch()
+    if os.path.exists(paths["log"]):
+        rows = [row for row in read_log(paths["log"]) if int(row["epoch"]) < saved] if saved else []
+        if rows:
+            with open(paths["log"], "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        else:
+            os.remove(paths["log"])
     return checkpoint
 
 

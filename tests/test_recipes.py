@@ -155,7 +155,9 @@ def test_finetune_phases_resume_from_one_checkpoint_whichever_phase_saved_it(tmp
     images = rng.normal(size=(16, 8)).astype("float32")
     labels = np.eye(3, dtype="float32")[rng.integers(0, 3, 16)]
     batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
-    args = argparse.Namespace(head_epochs=1, epochs=2, head_lr=1e-3, lr=1e-3, jit_compile=False)
+    args = argparse.Namespace(
+        head_epochs=1, epochs=2, head_lr=1e-3, lr=1e-3, jit_compile=False, distribution="none", num_processes=1
+    )
     paths = training_setup.output_paths(str(tmp_path))
 
     def classifier():
@@ -167,7 +169,7 @@ def test_finetune_phases_resume_from_one_checkpoint_whichever_phase_saved_it(tmp
     (tmp_path / "log.csv").write_text("epoch,loss\n0,9.0\n")
     model, backbone = classifier()
     backbone.trainable = False
-    checkpoint = training_setup.open_checkpoint(paths)
+    checkpoint = training_setup.open_checkpoint(paths, args)
     finetune.run_phase(model, keras.optimizers.Adam(), batches, batches, args, checkpoint, range(0, 1), paths["log"])
     assert checkpoint.saved_epoch() == 1
 
@@ -188,6 +190,29 @@ def test_finetune_phases_resume_from_one_checkpoint_whichever_phase_saved_it(tmp
     assert "Done in an earlier run: the checkpoint is from epoch 3" in out and "Resuming after epoch 3" in out
     for expected, variable in zip(trained, model.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), expected)
+
+
+def test_a_resumed_run_keeps_the_log_rows_of_the_epochs_its_checkpoint_holds(tmp_path):
+    import argparse
+
+    training_setup = import_recipe("training_setup")
+    paths = training_setup.output_paths(str(tmp_path))
+    args = argparse.Namespace(distribution="none", num_processes=1)
+    # Killed after logging epoch index 2 but before its checkpoint: epoch 2 is trained and logged again.
+    os.makedirs(paths["checkpoints"])
+    (tmp_path / "checkpoints" / "epoch-0002.weights.h5").write_bytes(b"")
+    (tmp_path / "checkpoints" / "state.json").write_text('{"epoch": 2, "weights": "epoch-0002.weights.h5"}')
+    (tmp_path / "log.csv").write_text("epoch,loss\n0,3.0\n1,2.0\n2,1.0\n")
+    assert training_setup.open_checkpoint(paths, args).saved_epoch() == 2
+    assert (tmp_path / "log.csv").read_text().splitlines() == ["epoch,loss", "0,3.0", "1,2.0"]
+    # Workers of a job keep two epochs and agree on one.
+    for distribution, processes, distributed in (
+        ("multi-worker", 1, True),
+        ("data-parallel", 2, True),
+        ("data-parallel", 1, False),
+    ):
+        job = argparse.Namespace(distribution=distribution, num_processes=processes)
+        assert training_setup.open_checkpoint(paths, job).distributed is distributed
 
 
 def test_learning_curves_are_titled_with_the_model_and_the_data(tmp_path):

@@ -360,3 +360,51 @@ def test_restoring_into_an_uncompiled_model_says_to_compile_first(tmp_path):
         checkpoint.restore(model)
     for old, new in zip(before, model.variables):
         np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
+
+
+# --- A job of several workers: the epoch every worker holds ---------------------
+
+
+class _RecordWeights(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.after_epoch = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.after_epoch[epoch + 1] = [keras.ops.convert_to_numpy(v).copy() for v in self.model.weights]
+
+
+def test_a_distributed_checkpoint_keeps_two_epochs_and_restores_the_one_every_worker_holds(tmp_path, monkeypatch):
+    from keras_metaformer import distribute
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 8)).astype("float32"), rng.normal(size=(16, 1)).astype("float32")
+    model, recorded = _dense_model(), _RecordWeights()
+    checkpoint = ResumableCheckpoint(str(tmp_path), distributed=True)
+    model.fit(x, y, epochs=3, batch_size=4, callbacks=[checkpoint, recorded], verbose=0)
+    assert sorted(os.listdir(tmp_path)) == ["epoch-0002.weights.h5", "epoch-0003.weights.h5", "state.json"]
+
+    # Another worker was killed while saving epoch 3: the job resumes after epoch 2.
+    monkeypatch.setattr(distribute, "job_minimum", lambda value: min(value, 2))
+    assert checkpoint.saved_epoch() == 2
+    model = _dense_model()
+    assert checkpoint.restore(model) == 2
+    for expected, variable in zip(recorded.after_epoch[2], model.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), expected)
+
+    # Two epochs apart cannot happen in a synchronous job; if the files say so, the error says what to do.
+    monkeypatch.setattr(distribute, "job_minimum", lambda value: 1)
+    with pytest.raises(FileNotFoundError, match=r"epoch 3 and no .*epoch-0001\.weights\.h5.*at most one epoch apart"):
+        checkpoint.restore(_dense_model())
+
+
+def test_a_single_process_checkpoint_keeps_one_epoch_and_asks_no_other_worker(tmp_path, monkeypatch):
+    from keras_metaformer import distribute
+
+    def no_job(value):
+        raise AssertionError("a single-process checkpoint asked the job")
+
+    monkeypatch.setattr(distribute, "job_minimum", no_job)
+    checkpoint = _trained(_dense_model(), tmp_path, epochs=3)
+    assert sorted(os.listdir(tmp_path)) == ["epoch-0003.weights.h5", "state.json"]
+    assert checkpoint.restore(_dense_model()) == 3
