@@ -5,17 +5,21 @@ The other tests call layers eagerly, which on TensorFlow takes the plain
 paths; here every layer runs inside the backend's XLA compiler.
 """
 
+import re
+
 import keras
 import numpy as np
 import numpy_reference as ref
 import pytest
 from layer_checks import set_sepconv_weights
 
+from keras_metaformer import MetaFormer
 from keras_metaformer import layers
 from keras_metaformer.layers import compilation
 from keras_metaformer.layers import depthwise as depthwise_module
 from keras_metaformer.layers import mlp as mlp_module
 from keras_metaformer.layers import patch_embedding as patch_embedding_module
+from keras_metaformer.layers import products
 from keras_metaformer.layers import sepconv_mixer as sepconv_module
 from keras_metaformer.layers.compilation import compiled_by_xla
 from keras_metaformer.layers.depthwise import depthwise_conv2d_same
@@ -526,3 +530,91 @@ def test_compiled_block_gradients_with_folded_layer_scales_match_finite_differen
             shifted[path][index] -= 2e-4
             expected[index] = (upper - loss(shifted)) / 2e-4
         np.testing.assert_allclose(gradients[path], expected, rtol=1e-3, atol=1e-3, err_msg=path)
+
+
+# --- bfloat16 products under XLA on a CPU (keras_metaformer/layers/products.py) ---
+
+
+def _bfloat16(x):
+    return keras.ops.cast(keras.ops.convert_to_tensor(x), "bfloat16")
+
+
+def _as_float32(x):
+    return keras.ops.convert_to_numpy(keras.ops.cast(x, "float32"))
+
+
+def test_compiled_bfloat16_products_and_their_gradients_accumulate_in_float32():
+    # Integer values, exact in bfloat16, whose 64-term sums reach ~4,000:
+    # summed in float32 they are exact, and the result is that sum rounded
+    # once to bfloat16; summed in bfloat16 they would lose whole units.
+    x = RNG.integers(1, 9, size=(5, 64)).astype("float32")
+    kernel = RNG.integers(1, 9, size=(64, 3)).astype("float32")
+    upstream = RNG.integers(1, 9, size=(5, 3)).astype("float32")
+    actual = _compiled(products.matmul)(_bfloat16(x), _bfloat16(kernel))
+    assert keras.backend.standardize_dtype(actual.dtype) == "bfloat16"
+    np.testing.assert_array_equal(_as_float32(actual), _as_float32(_bfloat16(x @ kernel)))
+
+    dx, dkernel = _compiled_gradients(products.matmul, upstream)(_bfloat16(x), _bfloat16(kernel))
+    np.testing.assert_array_equal(_as_float32(dx), _as_float32(_bfloat16(upstream @ kernel.T)))
+    np.testing.assert_array_equal(_as_float32(dkernel), _as_float32(_bfloat16(x.T @ upstream)))
+
+
+def _compiled_hlo(fn, *args):
+    """The HLO text of `fn` as XLA receives it from the backend."""
+    if JAX:
+        import jax
+
+        return jax.jit(fn).lower(*args).as_text()
+    import tensorflow as tf
+
+    return tf.function(fn, jit_compile=True).experimental_get_compiler_ir(*args)(stage="hlo")
+
+
+def _products(hlo):
+    """`(operand dtypes, result dtype)` of every matrix product in `hlo`."""
+    if JAX:  # stablehlo.dot_general %a, %b, ... : (tensor<8x16xbf16>, tensor<16x4xbf16>) -> tensor<8x4xf32>
+        found = re.findall(r"stablehlo\.dot\w*[^\n]*: \(([^)]*)\) -> tensor<[^>]*x(\w+)>", hlo)
+        return [(tuple(re.findall(r"x([a-z]\w*)>", operands)), result) for operands, result in found]
+    # %dot.5 = f32[8,4]{1,0} dot(bf16[8,16]{1,0} %a, bf16[16,4]{1,0} %b), ...
+    found = re.findall(r"= (\w+)\[[^\]]*\]\S* dot\((\w+)\[[^\]]*\]\S* \S+, (\w+)\[", hlo)
+    return [((a, b), result) for result, a, b in found]
+
+
+def test_a_bfloat16_training_step_has_no_product_with_a_bfloat16_result():
+    model = MetaFormer(
+        depths=(1, 1),
+        dims=(8, 16),
+        token_mixers=("pool", "sepconv"),
+        weights=None,
+        input_shape=(32, 32, 3),
+        classes=3,
+        dtype="mixed_bfloat16",
+    )
+    images = _random(2, 32, 32, 3)
+    if JAX:
+        import jax.numpy as jnp
+
+        def step(trainable, non_trainable, images):
+            def loss(trainable):
+                outputs, _ = model.stateless_call(trainable, non_trainable, images, training=True)
+                return jnp.sum(outputs)
+
+            return jax.grad(loss)(trainable)
+
+        import jax
+
+        args = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables], images)
+    else:
+        import tensorflow as tf
+
+        def step(images):
+            with tf.GradientTape() as tape:
+                total = tf.reduce_sum(model(images, training=True))
+            return tape.gradient(total, model.trainable_variables)
+
+        args = (tf.constant(images),)
+    found = _products(_compiled_hlo(step, *args))
+    bfloat16 = [product for product in found if "bf16" in product[0]]
+    # The patch embeddings' and MLPs' products, forward and backward.
+    assert len(bfloat16) >= 3 * 6, found
+    assert all(result == "f32" for _, result in bfloat16), found

@@ -148,6 +148,20 @@ def test_mlp_matches_numpy(activation):
     np.testing.assert_allclose(_numpy(mlp(x)), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_exact_gelu_of_bfloat16_is_the_float32_value_rounded_once():
+    # On every path (TensorFlow's kernels eagerly, XLA on JAX), a bfloat16 input gives
+    # the exact GELU of its value rounded once to bfloat16.
+    from keras_metaformer.layers.activations import exact_gelu
+
+    x = keras.ops.cast(np.linspace(-4, 4, 257, dtype="float32"), "bfloat16")
+    actual = exact_gelu(x)
+    assert keras.backend.standardize_dtype(actual.dtype) == "bfloat16"
+    rounded = keras.ops.cast(
+        ref.gelu(_numpy(keras.ops.cast(x, "float32")).astype("float64")).astype("float32"), "bfloat16"
+    )
+    np.testing.assert_array_equal(_numpy(keras.ops.cast(actual, "float32")), _numpy(keras.ops.cast(rounded, "float32")))
+
+
 def test_mlp_gelu_is_exact_not_tanh_approximation():
     x = np.linspace(-4, 4, 81, dtype="float32").reshape(1, 81)
     mlp = layers.Mlp(mlp_ratio=1, activation="gelu")

@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from keras_metaformer.arguments import check_int
+from keras_metaformer.layers.products import dense
 from keras_metaformer.layers.token_mixers import register_token_mixer
 
 
@@ -49,7 +50,7 @@ class AttentionMixer(keras.layers.Layer):
     def call(self, inputs):
         shape = ops.shape(inputs)
         batch, tokens = shape[0], shape[1] * shape[2]
-        qkv = ops.reshape(self.qkv(inputs), (batch, tokens, 3, self.num_heads, self.head_dim))
+        qkv = ops.reshape(dense(self.qkv, inputs), (batch, tokens, 3, self.num_heads, self.head_dim))
         # (3, batch, heads, tokens, head_dim)
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
         query, key, value = qkv[0], qkv[1], qkv[2]
@@ -57,7 +58,7 @@ class AttentionMixer(keras.layers.Layer):
         weights = ops.softmax(scores * (self.head_dim**-0.5), axis=-1)
         x = ops.matmul(weights, value)  # (batch, heads, tokens, head_dim)
         x = ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (batch, shape[1], shape[2], -1))
-        return self.proj(x)
+        return dense(self.proj, x)
 
     def compute_output_shape(self, input_shape):
         return input_shape

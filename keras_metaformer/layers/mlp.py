@@ -7,6 +7,8 @@ from keras_metaformer.layers.activations import serialize_activation
 from keras_metaformer.layers.compilation import compiled_by_xla_for_cpu
 from keras_metaformer.layers.positions import as_rows
 from keras_metaformer.layers.positions import positions_shape
+from keras_metaformer.layers.products import dense
+from keras_metaformer.layers.products import matmul
 from keras_metaformer.layers.remat import Rematerializable
 
 # Hidden activations per block of the looped MLP: 2**21 values, 8 MiB in
@@ -84,19 +86,19 @@ class Mlp(Rematerializable, keras.layers.Layer):
         return ops.reshape(x, shape)
 
     def _transform(self, x, project):
-        return project(self.act(self.fc1(x)))
+        return project(self.act(dense(self.fc1, x)))
 
     def _projection(self, output_scale):
         """`fc2`, with `output_scale` folded into its weights when given."""
         if output_scale is None:
-            return self.fc2
+            return lambda h: dense(self.fc2, h)
         dtype = self.fc2.compute_dtype
         scale = ops.cast(output_scale, dtype)
         if self.fc2.quantization_mode is not None:  # an integer kernel
             return lambda h: self.fc2(h) * scale
 
         def project(h):
-            y = ops.matmul(h, ops.cast(self.fc2.kernel, dtype) * scale)
+            y = matmul(h, ops.cast(self.fc2.kernel, dtype) * scale)
             if self.fc2.use_bias:
                 y = y + ops.cast(self.fc2.bias, dtype) * scale
             return y

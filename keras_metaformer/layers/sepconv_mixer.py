@@ -8,6 +8,7 @@ from keras_metaformer.layers.compilation import compiled_by_xla_for_cpu
 from keras_metaformer.layers.depthwise import depthwise_conv2d_same
 from keras_metaformer.layers.positions import as_rows
 from keras_metaformer.layers.positions import positions_shape
+from keras_metaformer.layers.products import dense
 from keras_metaformer.layers.token_mixers import register_token_mixer
 
 
@@ -81,9 +82,9 @@ class SepConvMixer(keras.layers.Layer):
         # Dense layers on 4-D tensors, a ConvFormer-S18 training step under
         # JAX on a CPU took 7.0 s instead of 6.3 s (`layers/positions.py`).
         shape = positions_shape(inputs)
-        x = self.act1(self.pwconv1(as_rows(inputs)))
+        x = self.act1(dense(self.pwconv1, as_rows(inputs)))
         x = self._depthwise(ops.reshape(x, (*shape[:-1], x.shape[-1])))
-        return ops.reshape(self.pwconv2(as_rows(x)), shape)
+        return ops.reshape(dense(self.pwconv2, as_rows(x)), shape)
 
     def _depthwise(self, x):
         if x.shape[1] is None or x.shape[2] is None or not compiled_by_xla_for_cpu():
