@@ -559,6 +559,18 @@ def test_compiled_bfloat16_products_and_their_gradients_accumulate_in_float32():
     np.testing.assert_array_equal(_as_float32(dkernel), _as_float32(_bfloat16(x.T @ upstream)))
 
 
+def test_compiled_bfloat16_batched_products_and_their_gradients_accumulate_in_float32():
+    x = RNG.integers(1, 9, size=(2, 3, 4, 64)).astype("float32")
+    y = RNG.integers(1, 9, size=(2, 3, 64, 5)).astype("float32")
+    upstream = RNG.integers(1, 9, size=(2, 3, 4, 5)).astype("float32")
+    actual = _compiled(products.matmul)(_bfloat16(x), _bfloat16(y))
+    np.testing.assert_array_equal(_as_float32(actual), _as_float32(_bfloat16(x @ y)))
+
+    dx, dy = _compiled_gradients(products.matmul, upstream)(_bfloat16(x), _bfloat16(y))
+    np.testing.assert_array_equal(_as_float32(dx), _as_float32(_bfloat16(upstream @ y.swapaxes(-1, -2))))
+    np.testing.assert_array_equal(_as_float32(dy), _as_float32(_bfloat16(x.swapaxes(-1, -2) @ upstream)))
+
+
 def _compiled_hlo(fn, *args):
     """The HLO text of `fn` as XLA receives it from the backend."""
     if JAX:
@@ -582,9 +594,9 @@ def _products(hlo):
 
 def test_a_bfloat16_training_step_has_no_product_with_a_bfloat16_result():
     model = MetaFormer(
-        depths=(1, 1),
-        dims=(8, 16),
-        token_mixers=("pool", "sepconv"),
+        depths=(1, 1, 1),
+        dims=(8, 16, 32),
+        token_mixers=("pool", "sepconv", "attention"),
         weights=None,
         input_shape=(32, 32, 3),
         classes=3,
@@ -615,6 +627,6 @@ def test_a_bfloat16_training_step_has_no_product_with_a_bfloat16_result():
         args = (tf.constant(images),)
     found = _products(_compiled_hlo(step, *args))
     bfloat16 = [product for product in found if "bf16" in product[0]]
-    # The patch embeddings' and MLPs' products, forward and backward.
-    assert len(bfloat16) >= 3 * 6, found
+    # The patch embeddings', MLPs' and mixers' products, forward and backward.
+    assert len(bfloat16) >= 3 * 12, found
     assert all(result == "f32" for _, result in bfloat16), found

@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_metaformer.arguments import check_int
 from keras_metaformer.layers.products import dense
+from keras_metaformer.layers.products import matmul
 from keras_metaformer.layers.token_mixers import register_token_mixer
 
 
@@ -54,9 +55,12 @@ class AttentionMixer(keras.layers.Layer):
         # (3, batch, heads, tokens, head_dim)
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
         query, key, value = qkv[0], qkv[1], qkv[2]
-        scores = ops.matmul(query, ops.transpose(key, (0, 1, 3, 2)))
-        weights = ops.softmax(scores * (self.head_dim**-0.5), axis=-1)
-        x = ops.matmul(weights, value)  # (batch, heads, tokens, head_dim)
+        scores = matmul(query, ops.transpose(key, (0, 1, 3, 2)))
+        if scores.dtype == "bfloat16":  # as float32, rounded once: 8-bit steps would skew the weights
+            weights = ops.cast(ops.softmax(ops.cast(scores, "float32") * (self.head_dim**-0.5), axis=-1), "bfloat16")
+        else:
+            weights = ops.softmax(scores * (self.head_dim**-0.5), axis=-1)
+        x = matmul(weights, value)  # (batch, heads, tokens, head_dim)
         x = ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (batch, shape[1], shape[2], -1))
         return dense(self.proj, x)
 

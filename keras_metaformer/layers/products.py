@@ -24,11 +24,14 @@ from keras import ops
 from keras_metaformer.layers.compilation import compiled_by_xla_for_cpu
 
 
-def matmul(x, kernel):
-    """`x @ kernel`, contracting `x`'s last axis with `kernel`'s first.
+def matmul(x, y):
+    """`x @ y`: a product over `x`'s last axis, in `x`'s dtype.
 
-    `kernel` is 2-D and in `x`'s dtype. The result has `x`'s dtype; in
-    bfloat16 under XLA for a CPU, the products accumulate in float32.
+    `y` is either a 2-D kernel, contracted over its first axis with every
+    row of `x`, or a stack of matrices of `x`'s rank, multiplied pairwise
+    with `x`'s (as `keras.ops.matmul` does, without broadcasting). Both are
+    in `x`'s dtype. In bfloat16 under XLA for a CPU, the products accumulate
+    in float32 and are rounded once.
 
     Example:
 
@@ -38,43 +41,52 @@ def matmul(x, kernel):
     [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
     """
     if keras.backend.standardize_dtype(x.dtype) != "bfloat16" or not compiled_by_xla_for_cpu():
-        return ops.matmul(x, kernel)
-    return _bfloat16_matmul(x, kernel)
-
-
-def _bfloat16_matmul(x, kernel):
+        return ops.matmul(x, y)
     last = len(x.shape) - 1
+    if len(y.shape) == 2:
+        # dx = dz @ y^T; dy = x^T @ dz, over every leading axis of x.
+        leading = tuple(range(last))
+        forward, backward_x, backward_y = ((last,), (0,), ()), ((last,), (1,), ()), (leading, leading, ())
+    else:
+        # Batched over the leading axes: z = x @ y, dx = dz @ y^T, dy = x^T @ dz.
+        batch = tuple(range(last - 1))
+        forward = ((last,), (last - 1,), batch)
+        backward_x, backward_y = ((last,), (last,), batch), ((last - 1,), (last - 1,), batch)
 
     @ops.custom_gradient
-    def product(x, kernel):
+    def product(x, y):
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
             upstream = ops.cast(upstream, "bfloat16")
-            # dx = upstream @ kernel^T; dkernel = x^T @ upstream, over every
-            # leading axis of x.
-            leading = tuple(range(last))
-            dx = _float32_product(upstream, kernel, (last,), (1,))
-            dkernel = _float32_product(x, upstream, leading, leading)
-            return ops.cast(dx, "bfloat16"), ops.cast(dkernel, "bfloat16")
+            dx = _float32_product(upstream, y, *backward_x)
+            dy = _float32_product(x, upstream, *backward_y)
+            return ops.cast(dx, "bfloat16"), ops.cast(dy, "bfloat16")
 
-        return ops.cast(_float32_product(x, kernel, (last,), (0,)), "bfloat16"), grad
+        return ops.cast(_float32_product(x, y, *forward), "bfloat16"), grad
 
-    return product(x, kernel)
+    return product(x, y)
 
 
-def _float32_product(a, b, a_axes, b_axes):
-    """`a` and `b` (bfloat16) contracted over `a_axes` and `b_axes`, as float32."""
+def _float32_product(a, b, a_axes, b_axes, batch):
+    """`a` and `b` (bfloat16) contracted over `a_axes` and `b_axes`, as
+    float32: the `batch` axes of both, then `a`'s other axes, then `b`'s."""
     if keras.backend.backend() == "jax":
         import jax
         import jax.numpy as jnp
 
-        return jax.lax.dot_general(a, b, ((a_axes, b_axes), ((), ())), preferred_element_type=jnp.float32)
+        numbers = ((a_axes, b_axes), (batch, batch))
+        return jax.lax.dot_general(a, b, numbers, preferred_element_type=jnp.float32)
     import tensorflow as tf
     from tensorflow.compiler.tf2xla.python import xla
     from tensorflow.compiler.xla import xla_data_pb2
 
-    numbers = xla_data_pb2.DotDimensionNumbers(lhs_contracting_dimensions=a_axes, rhs_contracting_dimensions=b_axes)
+    numbers = xla_data_pb2.DotDimensionNumbers(
+        lhs_contracting_dimensions=a_axes,
+        rhs_contracting_dimensions=b_axes,
+        lhs_batch_dimensions=batch,
+        rhs_batch_dimensions=batch,
+    )
     return xla.dot_general(a, b, numbers, None, preferred_element_type=tf.float32)
 
 
