@@ -3,6 +3,7 @@
     keras-metaformer predict cat.jpg dog.png             # top-5 ImageNet classes
     keras-metaformer export poolformer_s12 serving/poolformer_s12 --format saved_model
     keras-metaformer export finetune_output/model.keras s12.tflite --format tflite --quantize float16
+    keras-metaformer export poolformer_s12 s12.onnx --format onnx
     keras-metaformer convert poolformer_s12.safetensors s12.weights.h5 --model poolformer_s12
     keras-metaformer info poolformer_s12
 
@@ -24,11 +25,14 @@ import sys
 TRACEBACK_VARIABLE = "KERAS_METAFORMER_TRACEBACK"
 # What installs each module a command may find missing: a backend, export's
 # protos (tensorflow-serving-api asks for the full `tensorflow` wheel, which
-# would clash with tensorflow-cpu), or a dependency removed by hand.
+# would clash with tensorflow-cpu), the ONNX converter, or a dependency
+# removed by hand.
 INSTALLS = {
     "tensorflow": 'pip install "keras-metaformer[tensorflow-cpu]"',
     "jax": 'pip install "keras-metaformer[jax]"',
     "tensorflow_serving": "pip install --no-deps tensorflow-serving-api",
+    "tf2onnx": 'pip install "keras-metaformer[onnx]"',
+    "onnx": 'pip install "keras-metaformer[onnx]"',
     "PIL": "pip install pillow",
     "safetensors": "pip install safetensors",
 }
@@ -78,13 +82,13 @@ def build_parser():
     command.add_argument("--weights", default="imagenet", help="imagenet, a weight tag, or a weights file")
     command.add_argument("--top", type=int, default=5)
 
-    command = add_command("export", "a SavedModel for TF Serving or a .tflite file", "export_command")
+    command = add_command("export", "a SavedModel for TF Serving, a .tflite or an .onnx file", "export_command")
     command.add_argument("model", help="an architecture (e.g. poolformer_s12) or a .keras file")
     command.add_argument(
         "--weights", default="imagenet", help="for an architecture: imagenet, a weight tag, none, or a weights file"
     )
-    command.add_argument("output", help="saved_model: the base folder; tflite: the .tflite file")
-    command.add_argument("--format", choices=("saved_model", "tflite"), required=True)
+    command.add_argument("output", help="saved_model: the base folder; tflite, onnx: the file")
+    command.add_argument("--format", choices=("saved_model", "tflite", "onnx"), required=True)
     command.add_argument("--quantize", choices=("float32", "float16", "dynamic", "int8"), default="float32")
     command.add_argument("--calibration-dir", help="int8: a folder of images (class sub-folders)")
     command.add_argument("--version", type=int, default=1, help="saved_model: the version folder")

@@ -184,7 +184,7 @@ def export_command(args):
     _check_range("--image-size", args.image_size, MIN_IMAGE_SIZE)
     _check_range("--version", args.version, 1)
     try:  # before a model is built or downloaded
-        check_output_path(args.output, "file" if args.format == "tflite" else "folder")
+        check_output_path(args.output, "folder" if args.format == "saved_model" else "file")
     except (ValueError, FileExistsError) as error:
         raise CommandError(str(error)) from None
     model = load_model(args.model, args.weights, args.image_size)
@@ -197,6 +197,8 @@ def export_command(args):
     try:
         if args.format == "saved_model":
             path = export.export_saved_model(model, args.output, version=args.version, class_names=class_names)
+        elif args.format == "onnx":
+            path = export.export_onnx(model, args.output)
         else:
             calibration = _calibration_images(args, model) if args.quantize == "int8" else None
             path = export.export_tflite(model, args.output, quantize=args.quantize, representative_images=calibration)

@@ -2,6 +2,7 @@
 
 Command:   python recipes/benchmark.py --torch-python /work/refvenv/bin/python
            python recipes/benchmark.py --models poolformer_s12      (the targets' row only)
+           python recipes/benchmark.py --models poolformer_s12 --engines onnxruntime --precisions float32
 Hardware:  this 2-core CPU: about 4 minutes per model and precision for all
            engines; PoolFormer-M48 several times that.
 Result:    a line naming the CPU and its vector units (AVX2, AVX-512, AVX-512
@@ -17,7 +18,9 @@ constant weights, `keras_metaformer.export.frozen_function`; inference
 only), `tf-saved-model` (the `serving_default` signature of the SavedModel
 `export_saved_model` writes, loaded back: what TF Serving runs, softmax
 included; inference only), `tf-xla` (jit_compile), `jax` (jax.jit),
-`tflite` (LiteRT, float32 only), `timm` (PyTorch eager) and
+`tflite` (LiteRT, float32 only), `onnxruntime` (ONNX Runtime's CPU
+provider on the file `export_onnx` writes, float32 only: the thread count
+within each operator, one operator at a time), `timm` (PyTorch eager) and
 `timm-compile` (torch.compile), PyTorch with channels-last tensors and
 bfloat16 through autocast, Keras through the `mixed_bfloat16` policy.
 Every engine runs in its own process with the same thread count (2),
@@ -71,9 +74,11 @@ MODELS = (
     "convformer_s18",
     "caformer_s18",
 )
-ENGINES = ("tf", "tf-frozen", "tf-saved-model", "tf-xla", "jax", "tflite", "timm", "timm-compile")
+ENGINES = ("tf", "tf-frozen", "tf-saved-model", "tf-xla", "jax", "tflite", "onnxruntime", "timm", "timm-compile")
 # Engines measured for inference only.
-INFERENCE_ONLY = ("tf-frozen", "tf-saved-model", "tflite")
+INFERENCE_ONLY = ("tf-frozen", "tf-saved-model", "tflite", "onnxruntime")
+# Engines that run float32 files on the CPU only.
+CPU_FLOAT32_ONLY = ("tflite", "onnxruntime")
 PRECISIONS = ("float32", "bfloat16")
 # glibc malloc settings that keep freed memory for reuse: one arena (other
 # arenas fall back to mmap for large blocks), no mmap, no trimming.
@@ -155,6 +160,8 @@ def keras_worker(engine, arch, precision, options):
     images = {b: rng.uniform(0, 255, (b, size, size, 3)).astype("float32") for b in (1, options.batch)}
     if engine == "tflite":
         return tflite_worker(model, images, options)
+    if engine == "onnxruntime":
+        return onnxruntime_worker(model, images, options)
     if engine == "jax":
         import jax
 
@@ -227,6 +234,24 @@ def tflite_worker(model, images, options):
             interpreter = loaded_interpreter(path, images[batch], options.threads)
             seconds = timed(interpreter.invoke, options.warmup, options.repeats * (4 if batch == 1 else 1))
             result[key] = 1e3 * seconds if batch == 1 else batch / seconds
+    return result
+
+
+def onnxruntime_worker(model, images, options):
+    import functools
+    import tempfile
+
+    from keras_metaformer.export import export_onnx
+    from keras_metaformer.export import onnx_session
+
+    with tempfile.TemporaryDirectory() as scratch:
+        # The session holds the graph in memory: the file may go.
+        session = onnx_session(export_onnx(model, os.path.join(scratch, "model.onnx")), options.threads)
+    result = {}
+    for batch, key in ((1, "latency_ms"), (options.batch, "throughput")):
+        run = functools.partial(session.run, None, {session.get_inputs()[0].name: images[batch]})
+        seconds = timed(run, options.warmup, options.repeats * (4 if batch == 1 else 1))
+        result[key] = 1e3 * seconds if batch == 1 else batch / seconds
     return result
 
 
@@ -436,13 +461,13 @@ def main(argv=None):
     if any(e.startswith("timm") for e in engines) and not has_timm(options.torch_python):
         print(f"timm: not run ({options.torch_python} cannot import torch and timm; see --torch-python)")
         engines = [e for e in engines if not e.startswith("timm")]
-    # LiteRT has no bfloat16 kernels, and runs on the CPU.
+    # LiteRT and ONNX Runtime's CPU provider have no bfloat16 kernels for most of the graph.
     jobs = [
         (arch, precision, engine)
         for arch in options.models.split(",")
         for precision in options.precisions.split(",")
         for engine in engines
-        if engine != "tflite" or (precision == "float32" and options.device == "cpu")
+        if engine not in CPU_FLOAT32_ONLY or (precision == "float32" and options.device == "cpu")
     ]
     results = {}
     for arch, precision, engine in jobs:

@@ -3,13 +3,14 @@
 Command:   python recipes/finetune.py --output finetune_output   (once)
            python recipes/check_export.py finetune_output/model.keras
 Hardware:  2-core CPU, about 2 minutes for PoolFormer-S12 at 32x32.
-Result:    a markdown table: SavedModel and TFLite float32 / float16 /
-           dynamic int8 / full int8, each with its file size, the largest
-           probability difference from Keras and the top-1 agreement with the
-           float Keras model on the 360 validation digits (the finetune
-           recipe's split). Targets: float32 within 1e-4; top-1 agreement
-           float16 >= 99%, int8 >= 95%. int8 is calibrated on 200 training
-           digits, never on the images it is scored on.
+Result:    a markdown table: SavedModel, ONNX (run by ONNX Runtime) and
+           TFLite float32 / float16 / dynamic int8 / full int8, each with its
+           file size, the largest probability difference from Keras and the
+           top-1 agreement with the float Keras model on the 360 validation
+           digits (the finetune recipe's split). Targets: float32 within
+           1e-4; top-1 agreement float16 >= 99%, int8 >= 95%. int8 is
+           calibrated on 200 training digits, never on the images it is
+           scored on.
 """
 
 import argparse
@@ -67,6 +68,8 @@ def main(argv=None):
         serve = tf.saved_model.load(version).signatures["serving_default"]
         outputs = serve(images=tf.constant(images))["probabilities"].numpy()
         rows = [("SavedModel", directory_size(version), outputs)]
+        path = export.export_onnx(model, os.path.join(scratch, "model.onnx"))
+        rows.append((f"ONNX opset {export.OPSET}", os.path.getsize(path), export.run_onnx(path, images)))
         for quantize in export.QUANTIZATIONS:
             path = export.export_tflite(
                 model, os.path.join(scratch, f"{quantize}.tflite"), quantize=quantize, representative_images=calibration

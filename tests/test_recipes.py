@@ -338,7 +338,15 @@ def test_check_export_prints_a_row_per_export(tmp_path, capsys):
     check_export = import_recipe("check_export")
     check_export.main([str(tmp_path / "digits.keras")])
     rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    assert rows == ["export", "SavedModel", "TFLite float32", "TFLite float16", "TFLite dynamic", "TFLite int8"]
+    assert rows == [
+        "export",
+        "SavedModel",
+        "ONNX opset 17",
+        "TFLite float32",
+        "TFLite float16",
+        "TFLite dynamic",
+        "TFLite int8",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -391,7 +399,7 @@ def test_benchmark_smoke_prints_a_table_and_draws_a_chart(tmp_path):
     result = run_recipe(
         "--smoke",
         "--engines",
-        "tf,tf-saved-model,timm",
+        "tf,tf-saved-model,onnxruntime,timm",
         "--precisions",
         "float32",
         "--output",
@@ -402,11 +410,12 @@ def test_benchmark_smoke_prints_a_table_and_draws_a_chart(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| tiny |")]
-    assert [row.split("|")[3].strip() for row in rows] == ["tf", "tf-saved-model"], result.stdout
+    assert [row.split("|")[3].strip() for row in rows] == ["tf", "tf-saved-model", "onnxruntime"], result.stdout
     cells = [[cell.strip() for cell in row.split("|")[4:7]] for row in rows]
     assert all(float(cell.split()[0]) > 0 for cell in cells[0])
-    # The SavedModel is measured for inference only.
-    assert float(cells[1][0]) > 0 and float(cells[1][1]) > 0 and cells[1][2] == ""
+    # The SavedModel and the ONNX file are measured for inference only.
+    for inference_only in cells[1:]:
+        assert float(inference_only[0]) > 0 and float(inference_only[1]) > 0 and inference_only[2] == ""
     assert "timm: not run" in result.stdout  # no torch in the test environment
     assert (tmp_path / "benchmark.md").read_text().strip() in result.stdout
     assert (tmp_path / "benchmark.md").read_text().startswith("CPU: ")

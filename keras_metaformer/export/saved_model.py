@@ -4,7 +4,6 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -21,6 +20,9 @@ from keras_metaformer.export.signatures import IMAGE_BYTES
 from keras_metaformer.export.signatures import IMAGES
 from keras_metaformer.export.signatures import PROBABILITIES
 from keras_metaformer.export.signatures import SERVING_DEFAULT
+from keras_metaformer.export.tensorflow_process import custom_modules
+from keras_metaformer.export.tensorflow_process import load_model
+from keras_metaformer.export.tensorflow_process import run_in_tensorflow_process
 from keras_metaformer.imagenet import imagenet_classes
 from keras_metaformer.weights.pretrained_configs import PRETRAINED_CONFIGS
 from keras_metaformer.weights.pretrained_configs import PretrainedConfig
@@ -131,7 +133,7 @@ def export_saved_model(
             f"{target} already exists. TF Serving treats each version folder "
             "as immutable: pass a new `version`, or `overwrite=True` to replace it."
         )
-    modules = [] if keras.backend.backend() == "tensorflow" else _custom_modules(model)
+    modules = [] if keras.backend.backend() == "tensorflow" else custom_modules(model)
     created = make_folders(directory)
     try:
         # Written beside the target and renamed in one step: TF Serving polls the
@@ -342,77 +344,19 @@ def _write(model, path, spec, warmup):
         write_warmup_requests(path, spec["model_name"], size)
 
 
-def _custom_modules(model):
-    """The modules the TensorFlow-backend subprocess must import to rebuild `model`.
-
-    Layers of Keras and of this package are known there; any other layer's
-    class is found by importing the module that defines it (which also runs
-    its `register_keras_serializable`). A class defined in `__main__` (a
-    script or a notebook) cannot be imported by another process: fail now,
-    before anything is written.
-    """
-    flatten = getattr(model, "_flatten_layers", None)
-    layers = list(flatten(include_self=True)) if flatten else [model, *model.layers]
-    modules, unreachable = [], []
-    for layer in layers:
-        cls = type(layer)
-        module = cls.__module__
-        if module.split(".")[0] in ("keras", "keras_metaformer") or module in modules:
-            continue
-        loaded = sys.modules.get(module)
-        if module == "__main__" or getattr(loaded, "__spec__", None) is None:
-            unreachable.append(f"{cls.__qualname__} (layer {layer.name!r}, defined in {module})")
-        else:
-            modules.append(module)
-    if unreachable:
-        raise ValueError(
-            "On the JAX backend the export runs in a TensorFlow-backend subprocess, which must "
-            f"import every custom layer class; it cannot import {', '.join(unreachable)}. Move the "
-            "class into a module importable by name (a .py file on sys.path) and register it with "
-            "`@keras.saving.register_keras_serializable()`, or export with KERAS_BACKEND=tensorflow."
-        )
-    return modules
-
-
 def _write_in_tensorflow_process(model, path, spec, warmup, modules=()):
     with tempfile.TemporaryDirectory() as scratch:
-        model_file = os.path.join(scratch, "model.keras")
-        model.save(model_file)
         spec_file = os.path.join(scratch, "spec.json")
         with open(spec_file, "w") as f:
             json.dump(dict(spec, warmup=warmup, modules=list(modules)), f)
-        # The parent's sys.path, so that the subprocess imports the same modules.
-        search_path = os.pathsep.join(os.path.abspath(p or os.curdir) for p in sys.path)
-        environment = dict(os.environ, KERAS_BACKEND="tensorflow", PYTHONPATH=search_path)
-        result = subprocess.run(
-            [sys.executable, "-m", "keras_metaformer.export.saved_model", model_file, spec_file, path],
-            env=environment,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    if result.returncode != 0:
-        hint = ""
-        if "Could not locate" in result.stderr or "Unknown layer" in result.stderr:
-            hint = (
-                " A custom layer was unknown there: make the module that defines it importable by name "
-                "and register the class with `@keras.saving.register_keras_serializable()`, or export "
-                "with KERAS_BACKEND=tensorflow."
-            )
-        raise RuntimeError(
-            "Exporting through the TensorFlow backend failed (the model was saved "
-            f"as .keras and loaded there).{hint}\n{result.stderr[-3000:]}"
-        )
+        run_in_tensorflow_process(model, __name__, scratch, spec_file, path)
 
 
 def _main(model_file, spec_file, path):
-    import keras_metaformer  # noqa: F401  (registers the layers the file refers to)
-
     with open(spec_file) as f:
         spec = json.load(f)
-    for module in spec.pop("modules", []):  # the user's layers, registered on import
-        importlib.import_module(module)
-    _write(keras.saving.load_model(model_file, compile=False), path, spec, spec.pop("warmup"))
+    model = load_model(model_file, spec.pop("modules", []))
+    _write(model, path, spec, spec.pop("warmup"))
 
 
 if __name__ == "__main__":
