@@ -65,6 +65,10 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import matmul_peak  # noqa: E402
+
 MODELS = (
     "poolformer_s12",
     "poolformer_s24",
@@ -94,8 +98,14 @@ BASELINE = {"inference": "timm-compile", "training": "timm"}
 
 
 def describe_cpu(cpuinfo="/proc/cpuinfo"):
-    """One line naming the CPU, its logical CPUs, and which of
-    `CPU_FEATURES` it has; from `platform` where `cpuinfo` cannot be read."""
+    """One line naming the CPU, its family and model numbers (and AMD's core
+    generation), its logical CPUs, and which of `CPU_FEATURES` it has; from
+    `platform` where `cpuinfo` cannot be read.
+
+    Virtual machines often give a generic model name ("AMD EPYC", "Intel
+    Xeon Processor"), under which a Zen 4 and a Zen 5, with half and full
+    AVX-512 width, read alike: the family and model numbers tell them apart.
+    """
     try:
         with open(cpuinfo) as f:
             lines = f.read().splitlines()
@@ -109,11 +119,27 @@ def describe_cpu(cpuinfo="/proc/cpuinfo"):
     flags = set(fields.get("flags", "").split())
     have = [name for flag, name in CPU_FEATURES if flag in flags]
     lack = [name for flag, name in CPU_FEATURES if flag not in flags]
+    numbers = ""
+    if "cpu family" in fields and "model" in fields:
+        family, model = int(fields["cpu family"]), int(fields["model"])
+        generation = amd_generation(family, model) if fields.get("vendor_id") == "AuthenticAMD" else None
+        numbers = f" (family {family}, model {model}{': ' + generation if generation else ''})"
     return (
-        f"CPU: {fields.get('model name', platform.machine())}, {count} logical CPUs; "
+        f"CPU: {fields.get('model name', platform.machine())}{numbers}, {count} logical CPUs; "
         f"with {', '.join(have) or 'none of ' + ', '.join(lack)}"
         + (f"; without {', '.join(lack)}" if have and lack else "")
     )
+
+
+def amd_generation(family, model):
+    """AMD's core generation from the CPU family and model numbers, or None."""
+    if family == 26:
+        return "Zen 5"
+    if family == 25:  # Zen 4: Genoa 0x10-0x1f, Phoenix and Raphael 0x60-0x7f, Bergamo and Siena 0xa0-0xaf
+        return "Zen 4" if 0x10 <= model <= 0x1F or 0x60 <= model <= 0x7F or 0xA0 <= model <= 0xAF else "Zen 3"
+    if family == 23:
+        return "Zen 2" if model >= 0x30 else "Zen"
+    return None
 
 
 def timed(step, warmup, repeats):
@@ -158,10 +184,13 @@ def keras_worker(engine, arch, precision, options):
             value = keras.ops.convert_to_numpy(weight)
             weight.assign(value + rng.normal(0, 0.02, weight.shape).astype(value.dtype))
     images = {b: rng.uniform(0, 255, (b, size, size, 3)).astype("float32") for b in (1, options.batch)}
+    # The forward pass's floating-point operations per image, two per MAC,
+    # for the table's fractions of the host's peak.
+    flops = {"gflop": 2 * keras_metaformer.count_macs(model) / 1e9}
     if engine == "tflite":
-        return tflite_worker(model, images, options)
+        return {**flops, **tflite_worker(model, images, options)}
     if engine == "onnxruntime":
-        return onnxruntime_worker(model, images, options)
+        return {**flops, **onnxruntime_worker(model, images, options)}
     if engine == "jax":
         import jax
 
@@ -188,6 +217,7 @@ def keras_worker(engine, arch, precision, options):
             return lambda: forward(x).numpy()
 
     result = {
+        **flops,
         "latency_ms": 1e3 * timed(infer(images[1]), options.warmup, options.repeats * 4),
         "throughput": options.batch / timed(infer(images[options.batch]), options.warmup, options.repeats),
     }
@@ -373,18 +403,23 @@ def ratio(value, baseline, lower_is_better=False):
     return f" ({(baseline / value if lower_is_better else value / baseline):.2f}x)"
 
 
-def table(results, batch):
+def table(results, batch, peaks=None):
+    """The markdown table; with `peaks` (GFLOP/s per precision), each
+    throughput's share of the host's matrix-product peak as well."""
     lines = [
         f"| model | precision | engine | batch-1 latency (ms) | batch-{batch} img/s | batch-{batch} training img/s "
-        "| peak MiB |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| peak MiB | batch-{batch} % of peak | training % of peak |".format(batch=batch),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for (arch, precision), rows in results.items():
         infer_base = rows.get(BASELINE["inference"]) or {}
         train_base = rows.get(BASELINE["training"]) or {}
+        # timm's workers do not count: every engine runs the same maths.
+        gflop = next((row["gflop"] for row in rows.values() if row and "gflop" in row), None)
+        peak = (peaks or {}).get(precision)
         for engine, row in rows.items():
             if row is None:
-                lines.append(f"| {arch} | {precision} | {engine} | failed | | | |")
+                lines.append(f"| {arch} | {precision} | {engine} | failed | | | | | |")
                 continue
             latency = row.get("latency_ms")
             # Latency ratios read as speed-ups too: timm's time over ours.
@@ -395,9 +430,20 @@ def table(results, batch):
                 if "train_throughput" in row
                 else "",
                 f"{row['peak_mib']:.0f}",
+                # A training step is about three forward passes: the forward
+                # one, and the gradients of the inputs and of the weights.
+                share_of_peak(row.get("throughput"), gflop, peak),
+                share_of_peak(row.get("train_throughput"), gflop and 3 * gflop, peak),
             ]
             lines.append(f"| {arch} | {precision} | {engine} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def share_of_peak(images_per_second, gflop_per_image, peak):
+    """`"23%"`: the GFLOP/s that a throughput means, over the host's peak; "" if unknown."""
+    if not (images_per_second and gflop_per_image and peak):
+        return ""
+    return f"{100 * images_per_second * gflop_per_image / peak:.0f}%"
 
 
 def chart(results, path):
@@ -486,7 +532,13 @@ def main(argv=None):
             rows = results[(arch, precision)]
             rows[engine] = best_of(rows[engine], result)
     rounds = f", best of {options.rounds} rounds" if options.rounds > 1 else ""
-    markdown = f"{describe_cpu()}; {options.threads} threads per engine{rounds}.\n\n{table(results, options.batch)}"
+    host = f"{describe_cpu()}; {options.threads} threads per engine{rounds}."
+    peaks = None
+    if options.device == "cpu":
+        # After the engines, so that its few seconds of full load precede none of them.
+        peaks = matmul_peak.measure(options.threads, quick=options.smoke)
+        host += f"\nHost {matmul_peak.describe(peaks, options.threads)}."
+    markdown = f"{host}\n\n{table(results, options.batch, peaks)}"
     print(markdown)
     os.makedirs(options.output, exist_ok=True)
     with open(os.path.join(options.output, "benchmark.md"), "w") as f:

@@ -366,6 +366,40 @@ def test_benchmark_names_the_cpu_and_its_vector_units(tmp_path, flags, expected)
     assert import_recipe("benchmark").describe_cpu(str(cpuinfo)) == f"CPU: AMD EPYC 9R14, 2 logical CPUs; {expected}"
 
 
+@pytest.mark.parametrize(
+    "vendor, family, model, numbers",
+    [
+        ("AuthenticAMD", 25, 17, "family 25, model 17: Zen 4"),  # Genoa
+        ("AuthenticAMD", 25, 1, "family 25, model 1: Zen 3"),  # Milan
+        ("AuthenticAMD", 26, 2, "family 26, model 2: Zen 5"),
+        ("GenuineIntel", 6, 143, "family 6, model 143"),
+    ],
+)
+def test_benchmark_tells_cpu_generations_apart_by_family_and_model(tmp_path, vendor, family, model, numbers):
+    # Virtual machines name a Zen 4 and a Zen 5 alike; their numbers differ.
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+        "model name\t: Some CPU\nflags\t\t: avx2\n\n"
+    )
+    assert (
+        import_recipe("benchmark").describe_cpu(str(cpuinfo)).startswith(f"CPU: Some CPU ({numbers}), 1 logical CPUs;")
+    )
+
+
+def test_benchmark_gives_each_throughput_as_a_share_of_the_hosts_peak():
+    benchmark = import_recipe("benchmark")
+    # 10 img/s x 4 GFLOP = 40 GFLOP/s of 200; training: 2 img/s x 3 x 4 GFLOP = 24 of 200. timm's row
+    # has no count of its own: the model's is the same.
+    keras_row = {"gflop": 4.0, "latency_ms": 5.0, "throughput": 10.0, "train_throughput": 2.0, "peak_mib": 1.0}
+    timm_row = {"latency_ms": 5.0, "throughput": 5.0, "train_throughput": 1.0, "peak_mib": 1.0}
+    results = {("tiny", "float32"): {"jax": keras_row, "timm": timm_row}}
+    rows = benchmark.table(results, 32, {"float32": 200.0, "bfloat16": 800.0}).splitlines()
+    assert rows[0].endswith("| batch-32 % of peak | training % of peak |")
+    assert [row.split("|")[-3:-1] for row in rows[2:]] == [[" 20% ", " 12% "], [" 10% ", " 6% "]]
+    assert benchmark.table(results, 32).splitlines()[2].endswith("|  |  |")  # no peak measured (a GPU)
+
+
 @pytest.mark.parametrize("malloc", ["system", "retain"])
 def test_benchmark_gives_every_engine_the_same_malloc_settings(monkeypatch, malloc):
     import argparse
@@ -417,6 +451,10 @@ def test_benchmark_smoke_prints_a_table_and_draws_a_chart(tmp_path):
     for inference_only in cells[1:]:
         assert float(inference_only[0]) > 0 and float(inference_only[1]) > 0 and inference_only[2] == ""
     assert "timm: not run" in result.stdout  # no torch in the test environment
+    assert re.search(
+        r"Host matrix-product peak, 2 threads: float32 [\d,]+ GFLOP/s, bfloat16 [\d,]+ GFLOP/s", result.stdout
+    )
+    assert all(re.fullmatch(r"\d+%", row.split("|")[-3].strip()) for row in rows), rows
     assert (tmp_path / "benchmark.md").read_text().strip() in result.stdout
     assert (tmp_path / "benchmark.md").read_text().startswith("CPU: ")
     assert (tmp_path / "benchmark.png").read_bytes().startswith(b"\x89PNG")
