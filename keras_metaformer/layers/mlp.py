@@ -86,7 +86,14 @@ class Mlp(Rematerializable, keras.layers.Layer):
         return ops.reshape(x, shape)
 
     def _transform(self, x, project):
-        return project(self.act(dense(self.fc1, x)))
+        hidden = dense(self.fc1, x, keep_float32=True)
+        if hidden.dtype != x.dtype and isinstance(self.act, keras.layers.Activation):
+            # Float32 from the product (bfloat16 under XLA on a CPU): the
+            # activation function, not the layer (which would round its
+            # input to bfloat16), runs on it, and its result is rounded
+            # once, in the same pass.
+            return project(ops.cast(self.act.activation(hidden), x.dtype))
+        return project(self.act(hidden))
 
     def _projection(self, output_scale):
         """`fc2`, with `output_scale` folded into its weights when given."""

@@ -24,14 +24,17 @@ from keras import ops
 from keras_metaformer.layers.compilation import compiled_by_xla_for_cpu
 
 
-def matmul(x, y):
+def matmul(x, y, keep_float32=False):
     """`x @ y`: a product over `x`'s last axis, in `x`'s dtype.
 
     `y` is either a 2-D kernel, contracted over its first axis with every
     row of `x`, or a stack of matrices of `x`'s rank, multiplied pairwise
     with `x`'s (as `keras.ops.matmul` does, without broadcasting). Both are
     in `x`'s dtype. In bfloat16 under XLA for a CPU, the products accumulate
-    in float32 and are rounded once.
+    in float32 and are rounded once; with `keep_float32=True` they are
+    returned in float32 there instead, for element-wise maths that rounds
+    once after it (XLA does not fuse the rounding into the product, so it
+    would cost a pass over the result).
 
     Example:
 
@@ -53,6 +56,8 @@ def matmul(x, y):
         forward = ((last,), (last - 1,), batch)
         backward_x, backward_y = ((last,), (last,), batch), ((last - 1,), (last - 1,), batch)
 
+    result_dtype = "float32" if keep_float32 else "bfloat16"
+
     @ops.custom_gradient
     def product(x, y):
         def grad(*args, upstream=None):
@@ -63,7 +68,7 @@ def matmul(x, y):
             dy = _float32_product(x, upstream, *backward_y)
             return ops.cast(dx, "bfloat16"), ops.cast(dy, "bfloat16")
 
-        return ops.cast(_float32_product(x, y, *forward), "bfloat16"), grad
+        return ops.cast(_float32_product(x, y, *forward), result_dtype), grad
 
     return product(x, y)
 
@@ -90,16 +95,17 @@ def _float32_product(a, b, a_axes, b_axes, batch):
     return xla.dot_general(a, b, numbers, None, preferred_element_type=tf.float32)
 
 
-def dense(layer, x):
+def dense(layer, x, keep_float32=False):
     """A built `keras.layers.Dense` applied to `x` through `matmul`.
 
-    Quantized and LoRA layers, whose kernels are not plain matrices, are
-    called as they are.
+    With `keep_float32`, the result may be float32 (see `matmul`). Quantized
+    and LoRA layers, whose kernels are not plain matrices, are called as
+    they are.
     """
     if layer.quantization_mode is not None or layer.lora_enabled:
         return layer(x)
     dtype = layer.compute_dtype
-    y = matmul(x, ops.cast(layer.kernel, dtype))
+    y = matmul(x, ops.cast(layer.kernel, dtype), keep_float32)
     if layer.use_bias:
-        y = y + ops.cast(layer.bias, dtype)
+        y = y + ops.cast(layer.bias, y.dtype)
     return layer.activation(y)
