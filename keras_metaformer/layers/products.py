@@ -45,11 +45,15 @@ def matmul(x, y, keep_float32=False):
     """
     if keras.backend.standardize_dtype(x.dtype) != "bfloat16" or not compiled_by_xla_for_cpu():
         return ops.matmul(x, y)
+    if len(y.shape) == 2 and len(x.shape) != 2:
+        # As rows: TensorFlow 2.21's XLA runtime has no bfloat16 x bfloat16
+        # = float32 product over several axes (the kernel's gradient).
+        rows = matmul(ops.reshape(x, (-1, x.shape[-1])), y, keep_float32)
+        return ops.reshape(rows, (*ops.shape(x)[:-1], y.shape[-1]))
     last = len(x.shape) - 1
     if len(y.shape) == 2:
-        # dx = dz @ y^T; dy = x^T @ dz, over every leading axis of x.
-        leading = tuple(range(last))
-        forward, backward_x, backward_y = ((last,), (0,), ()), ((last,), (1,), ()), (leading, leading, ())
+        # dx = dz @ y^T; dy = x^T @ dz.
+        forward, backward_x, backward_y = ((1,), (0,), ()), ((1,), (1,), ()), ((0,), (0,), ())
     else:
         # Batched over the leading axes: z = x @ y, dx = dz @ y^T, dy = x^T @ dz.
         batch = tuple(range(last - 1))
