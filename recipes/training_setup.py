@@ -258,11 +258,12 @@ def open_checkpoint(paths, args):
     saved = checkpoint.saved_epoch()
     if os.path.exists(paths["log"]):
         rows = [row for row in read_log(paths["log"]) if int(row["epoch"]) < saved] if saved else []
-        if rows:
-            with open(paths["log"], "w", newline="") as file:
+        if rows:  # renamed into place: a kill now must not lose the log
+            with open(paths["log"] + ".partial", "w", newline="") as file:
                 writer = csv.DictWriter(file, fieldnames=list(rows[0]))
                 writer.writeheader()
                 writer.writerows(rows)
+            os.replace(paths["log"] + ".partial", paths["log"])
         else:
             os.remove(paths["log"])
     return checkpoint

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import keras
 import numpy as np
@@ -25,6 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "recipes"))
 
 import training_setup
+from resumable_training import Slow
 
 import keras_metaformer
 from keras_metaformer.distribute import job_minimum
@@ -32,11 +32,6 @@ from keras_metaformer.distribute import process_share
 from keras_metaformer.training import adamw
 
 EPOCHS, STEPS, BATCH = 4, 6, 8
-
-
-class Slow(keras.callbacks.Callback):
-    def on_train_batch_end(self, batch, logs=None):
-        time.sleep(0.3)
 
 
 def dataset(args):
@@ -74,7 +69,7 @@ def main(distribution, output, value=None):
             epochs=EPOCHS,
             initial_epoch=initial_epoch,
             verbose=0,
-            callbacks=[keras.callbacks.CSVLogger(paths["log"], append=True), checkpoint, Slow()],
+            callbacks=[keras.callbacks.CSVLogger(paths["log"], append=True), checkpoint, Slow(0.3)],
         )
     print(f"iterations={int(keras.ops.convert_to_numpy(model.optimizer.iterations.value))}", flush=True)
 

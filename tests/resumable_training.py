@@ -20,8 +20,14 @@ EPOCHS, STEPS, BATCH = 4, 6, 4
 
 
 class Slow(keras.callbacks.Callback):
+    """Sleeps after every training step, so that a test can kill the run mid-epoch."""
+
+    def __init__(self, seconds=0.25):
+        super().__init__()
+        self.seconds = seconds
+
     def on_train_batch_end(self, batch, logs=None):
-        time.sleep(0.25)
+        time.sleep(self.seconds)
 
 
 def main(directory):

@@ -2,13 +2,13 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import keras
 import numpy as np
 import pytest
+from free_ports import free_ports
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "distributed_step.py")
 BACKEND = keras.backend.backend()
@@ -54,19 +54,9 @@ def test_mirrored_strategy_on_two_cpus_matches_one_device(single_device_step, tm
     _assert_same_step(single_device_step, _run("mirrored", tmp_path / "mirrored.npz"))
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute needs the TensorFlow backend")
 def test_multi_worker_strategy_with_two_processes_matches_one_device(single_device_step, tmp_path):
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     processes = [
         _start(
             "multi-worker",

@@ -6,13 +6,13 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import keras
 import pytest
+from free_ports import free_ports
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "resumable_job.py")
 BACKEND = keras.backend.backend()
@@ -22,19 +22,9 @@ TIMEOUT = 240
 pytestmark = pytest.mark.skipif(DISTRIBUTION is None, reason="multi-worker jobs run on TensorFlow or JAX")
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 def _start_job(*arguments):
     """Both workers of a fresh job on loopback, each with one CPU device."""
-    ports = _free_ports(2)
+    ports = free_ports(2)
     workers = []
     for index in range(2):
         environment = {name: value for name, value in os.environ.items() if not name.startswith("KERAS_DISTRIBUTION_")}

@@ -3,13 +3,13 @@ and the fine-tuning recipe runs as two processes."""
 
 import importlib
 import os
-import socket
 import subprocess
 import sys
 
 import keras
 import numpy as np
 import pytest
+from free_ports import free_ports
 
 from keras_metaformer.distribute import process_share
 
@@ -19,12 +19,6 @@ TIMEOUT = 180
 ON_JAX = pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="keras.distribution's multi-process jobs run on the JAX backend"
 )
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _start(arguments, env):
@@ -68,7 +62,7 @@ def _run_all(commands):
 
 @ON_JAX
 def test_one_step_on_two_processes_matches_one_device(tmp_path):
-    port = _free_port()
+    (port,) = free_ports(1)
     # The single-device reference runs beside the job.
     _run_all(
         [([SCRIPT, "single", tmp_path / "single.npz"], {})]
@@ -85,7 +79,7 @@ def test_one_step_on_two_processes_matches_one_device(tmp_path):
 
 @ON_JAX
 def test_finetune_smoke_on_two_processes_writes_once(tmp_path):
-    port = _free_port()
+    (port,) = free_ports(1)
     recipe = os.path.join(RECIPES, "finetune.py")
     arguments = [recipe, "--smoke", "--distribution", "data-parallel", "--output", tmp_path]
     _run_all([(arguments, _job(port, i)) for i in range(2)])
