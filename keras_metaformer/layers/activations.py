@@ -24,14 +24,27 @@ def exact_gelu(x):
     >>> round(float(exact_gelu(keras.ops.convert_to_tensor(1.0))), 6)
     0.841345
     """
-    if keras.backend.standardize_dtype(x.dtype) == "bfloat16":
-        return ops.cast(exact_gelu(ops.cast(x, "float32")), "bfloat16")
+    return in_float32(_exact_gelu, x)
+
+
+def _exact_gelu(x):
     if compiled_by_xla():
         return x * (0.5 + 0.5 * ops.erf(x * _SQRT_HALF))
     return ops.gelu(x, approximate=False)
 
 
 _SQRT_HALF = 0.7071067811865476
+
+
+def in_float32(fn, x):
+    """`fn(x)`; for a bfloat16 `x`, computed in float32 and rounded once.
+
+    For bfloat16 maths that would lose digits at each step (GELU's erf,
+    softmax's sums); XLA fuses the casts into the same loop.
+    """
+    if keras.backend.standardize_dtype(x.dtype) != "bfloat16":
+        return fn(x)
+    return ops.cast(fn(ops.cast(x, "float32")), "bfloat16")
 
 
 @keras.saving.register_keras_serializable(package="keras_metaformer")

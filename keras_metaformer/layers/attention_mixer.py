@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from keras_metaformer.arguments import check_int
+from keras_metaformer.layers.activations import in_float32
 from keras_metaformer.layers.products import dense
 from keras_metaformer.layers.products import matmul
 from keras_metaformer.layers.token_mixers import register_token_mixer
@@ -56,10 +57,9 @@ class AttentionMixer(keras.layers.Layer):
         qkv = ops.transpose(qkv, (2, 0, 3, 1, 4))
         query, key, value = qkv[0], qkv[1], qkv[2]
         scores = matmul(query, ops.transpose(key, (0, 1, 3, 2)))
-        if scores.dtype == "bfloat16":  # as float32, rounded once: 8-bit steps would skew the weights
-            weights = ops.cast(ops.softmax(ops.cast(scores, "float32") * (self.head_dim**-0.5), axis=-1), "bfloat16")
-        else:
-            weights = ops.softmax(scores * (self.head_dim**-0.5), axis=-1)
+        # In float32 (rounded once), as PyTorch's autocast does: in bfloat16
+        # the sums' 8-bit steps would skew the weights.
+        weights = in_float32(lambda s: ops.softmax(s * (self.head_dim**-0.5), axis=-1), scores)
         x = matmul(weights, value)  # (batch, heads, tokens, head_dim)
         x = ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (batch, shape[1], shape[2], -1))
         return dense(self.proj, x)
