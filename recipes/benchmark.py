@@ -131,6 +131,14 @@ def describe_cpu(cpuinfo="/proc/cpuinfo"):
     )
 
 
+def inference_timings(step_for, options):
+    """Batch-1 latency (ms) and batch-`options.batch` throughput (img/s);
+    `step_for(batch)` returns a callable that runs one batch of that size."""
+    latency = timed(step_for(1), options.warmup, options.repeats * 4)
+    seconds = timed(step_for(options.batch), options.warmup, options.repeats)
+    return {"latency_ms": 1e3 * latency, "throughput": options.batch / seconds}
+
+
 def amd_generation(family, model):
     """AMD's core generation from the CPU family and model numbers, or None."""
     if family == 26:
@@ -218,8 +226,7 @@ def keras_worker(engine, arch, precision, options):
 
     result = {
         **flops,
-        "latency_ms": 1e3 * timed(infer(images[1]), options.warmup, options.repeats * 4),
-        "throughput": options.batch / timed(infer(images[options.batch]), options.warmup, options.repeats),
+        **inference_timings(lambda batch: infer(images[batch]), options),
     }
     if engine in INFERENCE_ONLY:
         return result
@@ -259,12 +266,7 @@ def tflite_worker(model, images, options):
 
     with tempfile.TemporaryDirectory() as scratch:
         path = export_tflite(model, os.path.join(scratch, "model.tflite"))
-        result = {}
-        for batch, key in ((1, "latency_ms"), (options.batch, "throughput")):
-            interpreter = loaded_interpreter(path, images[batch], options.threads)
-            seconds = timed(interpreter.invoke, options.warmup, options.repeats * (4 if batch == 1 else 1))
-            result[key] = 1e3 * seconds if batch == 1 else batch / seconds
-    return result
+        return inference_timings(lambda batch: loaded_interpreter(path, images[batch], options.threads).invoke, options)
 
 
 def onnxruntime_worker(model, images, options):
@@ -277,12 +279,8 @@ def onnxruntime_worker(model, images, options):
     with tempfile.TemporaryDirectory() as scratch:
         # The session holds the graph in memory: the file may go.
         session = onnx_session(export_onnx(model, os.path.join(scratch, "model.onnx")), options.threads)
-    result = {}
-    for batch, key in ((1, "latency_ms"), (options.batch, "throughput")):
-        run = functools.partial(session.run, None, {session.get_inputs()[0].name: images[batch]})
-        seconds = timed(run, options.warmup, options.repeats * (4 if batch == 1 else 1))
-        result[key] = 1e3 * seconds if batch == 1 else batch / seconds
-    return result
+    name = session.get_inputs()[0].name
+    return inference_timings(lambda batch: functools.partial(session.run, None, {name: images[batch]}), options)
 
 
 def timm_worker(engine, arch, precision, options):
@@ -314,8 +312,7 @@ def timm_worker(engine, arch, precision, options):
 
     model.eval()
     result = {
-        "latency_ms": 1e3 * timed(infer(images[1]), options.warmup, options.repeats * 4),
-        "throughput": options.batch / timed(infer(images[options.batch]), options.warmup, options.repeats),
+        **inference_timings(lambda batch: infer(images[batch]), options),
     }
     if engine == "timm":  # training is compared with eager PyTorch only
         model.train()
