@@ -67,3 +67,20 @@ def _gpu_is_default():
     import tensorflow as tf
 
     return bool(tf.config.list_logical_devices("GPU"))
+
+
+def traced_for_onednn():
+    """True when the ops being traced now form a TensorFlow graph that
+    oneDNN runs: not eager, not XLA, on a TensorFlow whose oneDNN
+    optimisations are on (the default on Intel CPUs; `TF_ENABLE_ONEDNN_OPTS`
+    decides elsewhere). Graph rewrites such as TensorFlow's remapper fusions
+    then apply."""
+    if keras.backend.backend() != "tensorflow" or compiled_by_xla():
+        return False
+    import tensorflow as tf
+
+    if tf.executing_eagerly():
+        return False
+    from tensorflow.python.util import _pywrap_util_port
+
+    return _pywrap_util_port.IsMklEnabled()

@@ -2,9 +2,11 @@ import keras
 from keras import ops
 
 from keras_metaformer.arguments import check_positive
+from keras_metaformer.layers.activations import exact_gelu
 from keras_metaformer.layers.activations import get_activation_layer
 from keras_metaformer.layers.activations import serialize_activation
 from keras_metaformer.layers.compilation import compiled_by_xla_for_cpu
+from keras_metaformer.layers.compilation import traced_for_onednn
 from keras_metaformer.layers.positions import as_rows
 from keras_metaformer.layers.positions import positions_shape
 from keras_metaformer.layers.products import dense
@@ -72,7 +74,7 @@ class Mlp(Rematerializable, keras.layers.Layer):
         rows = None if training else self._chunk_rows(x.shape[0])
         project = self._projection(output_scale)
         if rows is None:
-            x = self._transform(x, project)
+            x = self._transform(x, project, training)
         else:
             # Inference under XLA on a CPU: a loop over blocks of positions,
             # so that the hidden activations (4x the input) live in one small
@@ -85,7 +87,7 @@ class Mlp(Rematerializable, keras.layers.Layer):
             x = ops.reshape(blocks, (-1, shape[-1]))
         return ops.reshape(x, shape)
 
-    def _transform(self, x, project):
+    def _transform(self, x, project, training=None):
         hidden = dense(self.fc1, x, keep_float32=True)
         if hidden.dtype != x.dtype and isinstance(self.act, keras.layers.Activation):
             # Float32 from the product (bfloat16 under XLA on a CPU): the
@@ -93,7 +95,26 @@ class Mlp(Rematerializable, keras.layers.Layer):
             # input to bfloat16), runs on it, and its result is rounded
             # once, in the same pass.
             return project(ops.cast(self.act.activation(hidden), x.dtype))
+        if not training and self._onednn_fuses_gelu(hidden):
+            # TensorFlow's remapper fuses the product, its bias and this GELU
+            # into one oneDNN kernel, which applies the GELU to the float32
+            # sums and rounds once: what `exact_gelu`'s float32 detour does,
+            # without its two casts, which would stop the fusion. A training
+            # step keeps the detour: the gradient needs the sums, so nothing
+            # is fused there.
+            return project(ops.gelu(hidden, approximate=False))
         return project(self.act(hidden))
+
+    def _onednn_fuses_gelu(self, hidden):
+        return (
+            keras.backend.standardize_dtype(hidden.dtype) == "bfloat16"
+            and isinstance(self.act, keras.layers.Activation)
+            and self.act.activation is exact_gelu
+            and self.fc1.use_bias
+            and self.fc1.quantization_mode is None
+            and not self.fc1.lora_enabled
+            and traced_for_onednn()
+        )
 
     def _projection(self, output_scale):
         """`fc2`, with `output_scale` folded into its weights when given."""
