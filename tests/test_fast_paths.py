@@ -633,3 +633,28 @@ def test_a_bfloat16_training_step_has_no_product_with_a_bfloat16_result():
     # And XLA runs it: TensorFlow 2.21's runtime refuses some of these products (over several axes).
     gradients = _compiled(step)(*args)
     assert all(np.isfinite(_as_float32(gradient)).all() for gradient in gradients)
+
+
+@pytest.mark.skipif(not JAX, reason="JAX's XLA only: TensorFlow's runs the convolutions itself")
+def test_bfloat16_patch_embedding_inference_is_a_product_summed_in_float32(monkeypatch):
+    # XLA runs a bfloat16 convolution in float32; as gathered patches times
+    # the kernel, the product runs on bfloat16 inputs with float32 sums.
+    # Integer values are exact in bfloat16, and their 27-term sums in
+    # float32: the output is that sum rounded once.
+    monkeypatch.setattr(compilation, "_gpu_is_default", lambda: False)
+    x = RNG.integers(1, 9, size=(2, 9, 9, 3)).astype("float32")
+    layer = layers.PatchEmbedding(4, 3, strides=2, padding=1, dtype="mixed_bfloat16")
+    layer.build(x.shape)
+    layer.conv.kernel.assign(RNG.integers(1, 9, size=(3, 3, 3, 4)).astype("float32"))
+    layer.conv.bias.assign(np.zeros(4, "float32"))
+    kernel = keras.ops.convert_to_numpy(layer.conv.kernel)
+
+    def infer(x):
+        return layer(x, training=False)
+
+    hlo = _compiled_hlo(infer, x)
+    assert "convolution" not in hlo
+    assert ((("bf16", "bf16"), "f32")) in _products(hlo)
+    actual = _compiled(infer)(x)
+    expected = ref.conv2d(x, kernel, np.zeros(4, "float32"), 2, 1)
+    np.testing.assert_array_equal(_as_float32(actual), _as_float32(_bfloat16(expected)))
