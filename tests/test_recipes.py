@@ -521,3 +521,57 @@ def test_benchmark_rounds_alternate_the_order_and_keep_each_engines_best(tmp_pat
     with pytest.raises(SystemExit):
         benchmark.main(["--rounds", "0"])
     assert "--rounds must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_product_bound_lists_each_matrix_product_of_the_model_once_with_its_count():
+    products = import_recipe("product_bound").model_products("poolformer_s12", batch=2)
+    # PoolFormer-S12: a 7x7 stem and three 3x3 downsamplings as patch products, blocks of
+    # depths (2, 2, 6, 2) with 4x MLPs, and the 1000-class head; rows are batch x positions.
+    assert sorted(products) == sorted(
+        [
+            ("patches 7x7", 2 * 56 * 56, 7 * 7 * 3, 64, 1),
+            ("mlp fc1", 2 * 56 * 56, 64, 256, 2),
+            ("mlp fc2", 2 * 56 * 56, 256, 64, 2),
+            ("patches 3x3", 2 * 28 * 28, 9 * 64, 128, 1),
+            ("mlp fc1", 2 * 28 * 28, 128, 512, 2),
+            ("mlp fc2", 2 * 28 * 28, 512, 128, 2),
+            ("patches 3x3", 2 * 14 * 14, 9 * 128, 320, 1),
+            ("mlp fc1", 2 * 14 * 14, 320, 1280, 6),
+            ("mlp fc2", 2 * 14 * 14, 1280, 320, 6),
+            ("patches 3x3", 2 * 7 * 7, 9 * 320, 512, 1),
+            ("mlp fc1", 2 * 7 * 7, 512, 2048, 2),
+            ("mlp fc2", 2 * 7 * 7, 2048, 512, 2),
+            ("head", 2, 512, 1000, 1),
+        ]
+    )
+
+
+def test_product_bound_sums_each_product_times_its_count():
+    product_bound = import_recipe("product_bound")
+    products = [("a", 8, 4, 4, 2), ("b", 8, 4, 2, 1)]
+    seconds = {"forward": 0.1, "input gradient": 0.2, "weight gradient": 0.3}
+    times = {(*product[:4], p): seconds[p] * (1 if product[0] == "a" else 2) for product in products for p in seconds}
+    # Inference: 2 x 0.1 + 0.2 = 0.4 s for 32 images; a step: 2 x 0.6 + 1.2 = 2.4 s.
+    inference, training = product_bound.bounds(products, times, batch=32)
+    assert inference == pytest.approx(80.0) and training == pytest.approx(32 / 2.4)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="a recipe that runs JAX and TensorFlow itself: one run")
+def test_product_bound_prints_both_engines_bounds():
+    result = run_recipe(
+        "--batch",
+        "1",
+        "--repeats",
+        "1",
+        "--precisions",
+        "bfloat16",
+        recipe="product_bound.py",
+        env={"KERAS_BACKEND": "jax"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("poolformer_s12, batch 1, bfloat16:")
+    assert "| product | rows x k x n | count | XLA (JAX) | oneDNN (TensorFlow) |" in lines
+    for label in ("inference", "training step"):
+        (row,) = [line for line in lines if line.startswith(f"| **{label}: at most** |")]
+        assert len(re.findall(r"\d+\.\d img/s", row)) == 2, row
