@@ -658,3 +658,58 @@ def test_bfloat16_patch_embedding_inference_is_a_product_summed_in_float32(monke
     actual = _compiled(infer)(x)
     expected = ref.conv2d(x, kernel, np.zeros(4, "float32"), 2, 1)
     np.testing.assert_array_equal(_as_float32(actual), _as_float32(_bfloat16(expected)))
+
+
+def _summed_dtypes(hlo):
+    """The element type of every sum (reduction by addition) in `hlo`."""
+    if JAX:  # stablehlo.reduce(%x init: %c) applies stablehlo.add across dimensions = [0] : (tensor<8x16xbf16>, ...
+        found = re.findall(r"stablehlo\.reduce\([^\n]*applies stablehlo\.add[^\n]*: \(tensor<([^>]*)>,", hlo)
+        return [shape.split("x")[-1] for shape in found]
+    # %reduce.3 = bf16[16]{0} reduce(bf16[8,16]{1,0} %x, bf16[] %c), dimensions={0}, to_apply=%add_computation
+    sums = re.findall(r"reduce\((\w+)\[[^\n]*to_apply=%?(\S*)", hlo)
+    adders = set(re.findall(r"\n%?(\S+) [^\n]*\{\n[^}]*ROOT [^\n]* add\(", hlo))
+    return [dtype for dtype, computation in sums if computation.rstrip(",") in adders]
+
+
+def test_a_bfloat16_training_step_sums_in_float32():
+    # XLA's CPU backend sums bfloat16 about 25 times more slowly than float32
+    # (see `activations.in_float32`); the gradients of biases, layer scales,
+    # residual scales and StarReLU's scalars are such sums. On JAX they are
+    # the layers' doing (this fails without them); TensorFlow's bridge to XLA
+    # sums bfloat16 in float32 itself.
+    model = MetaFormer(
+        depths=(1, 1, 1),
+        dims=(8, 16, 32),
+        token_mixers=("pool", "sepconv", "attention"),
+        activation="star_relu",
+        res_scale_init_value=1.0,
+        weights=None,
+        input_shape=(32, 32, 3),
+        classes=3,
+        dtype="mixed_bfloat16",
+    )
+    images = _random(2, 32, 32, 3)
+    if JAX:
+        import jax
+        import jax.numpy as jnp
+
+        def step(trainable, non_trainable, images):
+            def loss(trainable):
+                outputs, _ = model.stateless_call(trainable, non_trainable, images, training=True)
+                return jnp.sum(outputs)
+
+            return jax.grad(loss)(trainable)
+
+        args = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables], images)
+    else:
+        import tensorflow as tf
+
+        def step(images):
+            with tf.GradientTape() as tape:
+                total = tf.reduce_sum(model(images, training=True))
+            return tape.gradient(total, model.trainable_variables)
+
+        args = (tf.constant(images),)
+    summed = _summed_dtypes(_compiled_hlo(step, *args))
+    assert len(summed) >= 20, summed  # the weights' gradients and the norms' statistics
+    assert "bf16" not in summed, summed

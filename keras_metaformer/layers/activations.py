@@ -3,6 +3,7 @@ from keras import ops
 
 from keras_metaformer.arguments import check_finite
 from keras_metaformer.layers.compilation import compiled_by_xla
+from keras_metaformer.layers.compilation import compiled_by_xla_for_cpu
 
 
 @keras.saving.register_keras_serializable(package="keras_metaformer")
@@ -36,13 +37,21 @@ def _exact_gelu(x):
 _SQRT_HALF = 0.7071067811865476
 
 
-def in_float32(fn, x):
+def in_float32(fn, x, xla_cpu_only=False):
     """`fn(x)`; for a bfloat16 `x`, computed in float32 and rounded once.
 
     For bfloat16 maths that would lose digits at each step (GELU's erf,
     softmax's sums); XLA fuses the casts into the same loop.
+
+    With `xla_cpu_only`, only under XLA for a CPU. For layers that scale or
+    shift by a small weight (a per-channel or scalar scale): that weight's
+    gradient is a sum over the whole tensor, and XLA's CPU backend sums
+    bfloat16 values by converting them to float32 first and then in blocks
+    (`reduce-window`), about 25 times slower than it sums float32 (6.4M
+    values: 10 against 0.4 ms). Computed in float32, the gradient is a
+    float32 sum. Elsewhere each cast would be a pass of its own.
     """
-    if keras.backend.standardize_dtype(x.dtype) != "bfloat16":
+    if keras.backend.standardize_dtype(x.dtype) != "bfloat16" or (xla_cpu_only and not compiled_by_xla_for_cpu()):
         return fn(x)
     return ops.cast(fn(ops.cast(x, "float32")), "bfloat16")
 
@@ -101,7 +110,14 @@ class StarReLU(keras.layers.Layer):
         )
 
     def call(self, inputs):
-        return self.scale * squared_relu(inputs) + self.bias
+        # In float32 under XLA on a CPU, so that the scalars' gradients are
+        # float32 sums (see `in_float32`): in a ConvFormer-S18 bfloat16
+        # training step their bfloat16 sums took about a tenth of the time.
+        return in_float32(
+            lambda x: ops.cast(self.scale, x.dtype) * squared_relu(x) + ops.cast(self.bias, x.dtype),
+            inputs,
+            xla_cpu_only=True,
+        )
 
     def compute_output_shape(self, input_shape):
         return input_shape

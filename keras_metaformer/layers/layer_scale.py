@@ -2,6 +2,7 @@ import keras
 from keras import ops
 
 from keras_metaformer.arguments import check_finite
+from keras_metaformer.layers.activations import in_float32
 from keras_metaformer.layers.positions import as_rows
 from keras_metaformer.layers.positions import positions_shape
 
@@ -49,7 +50,10 @@ class LayerScale(keras.layers.Layer):
         # in TensorFlow 2.21) emitted a slow loop that also recomputed the
         # residual stream's gradient, fused in from several blocks: in a
         # PoolFormerV2-S12 training step these sums took about 0.9 s of 3.3 s.
-        return ops.reshape(as_rows(inputs) * self.scale, positions_shape(inputs))
+        # In float32 under XLA on a CPU, so that the scale's gradient is a
+        # float32 sum (see `activations.in_float32`).
+        rows = in_float32(lambda x: x * ops.cast(self.scale, x.dtype), as_rows(inputs), xla_cpu_only=True)
+        return ops.reshape(rows, positions_shape(inputs))
 
     def compute_output_shape(self, input_shape):
         return input_shape

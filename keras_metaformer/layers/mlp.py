@@ -4,13 +4,14 @@ from keras import ops
 from keras_metaformer.arguments import check_positive
 from keras_metaformer.layers.activations import exact_gelu
 from keras_metaformer.layers.activations import get_activation_layer
+from keras_metaformer.layers.activations import in_float32
 from keras_metaformer.layers.activations import serialize_activation
 from keras_metaformer.layers.compilation import compiled_by_xla_for_cpu
 from keras_metaformer.layers.compilation import traced_for_onednn
 from keras_metaformer.layers.positions import as_rows
 from keras_metaformer.layers.positions import positions_shape
+from keras_metaformer.layers.products import biased_matmul
 from keras_metaformer.layers.products import dense
-from keras_metaformer.layers.products import matmul
 from keras_metaformer.layers.remat import Rematerializable
 
 # Hidden activations per block of the looped MLP: 2**21 values, 8 MiB in
@@ -125,11 +126,13 @@ class Mlp(Rematerializable, keras.layers.Layer):
         if self.fc2.quantization_mode is not None:  # an integer kernel
             return lambda h: self.fc2(h) * scale
 
+        def fold(weight):
+            # In float32 under XLA on a CPU, where the scale's gradient is then a float32 sum.
+            return in_float32(lambda w: w * ops.cast(scale, w.dtype), ops.cast(weight, dtype), xla_cpu_only=True)
+
         def project(h):
-            y = matmul(h, ops.cast(self.fc2.kernel, dtype) * scale)
-            if self.fc2.use_bias:
-                y = y + ops.cast(self.fc2.bias, dtype) * scale
-            return y
+            bias = fold(self.fc2.bias) if self.fc2.use_bias else None
+            return biased_matmul(h, fold(self.fc2.kernel), bias)
 
         return project
 

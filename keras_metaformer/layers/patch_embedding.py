@@ -111,10 +111,8 @@ class PatchEmbedding(Rematerializable, keras.layers.Layer):
         if not training and keras.backend.standardize_dtype(x.dtype) != "bfloat16":
             return self.conv(x)
         # Same weights, same numbers; see `strided_conv` for the speed.
-        y = strided_conv2d(x, ops.cast(self.conv.kernel, self.compute_dtype), self.strides)
-        if self.use_bias:
-            y = y + ops.cast(self.conv.bias, self.compute_dtype)
-        return y
+        bias = self.conv.bias if self.use_bias else None
+        return strided_conv2d(x, ops.cast(self.conv.kernel, self.compute_dtype), self.strides, bias)
 
     def _padded_shape(self, input_shape):
         batch, height, width, channels = input_shape

@@ -13,10 +13,10 @@ long (0.27 s against 0.26 s).
 
 from keras import ops
 
-from keras_metaformer.layers.products import matmul
+from keras_metaformer.layers.products import biased_matmul
 
 
-def strided_conv2d(inputs, kernel, strides):
+def strided_conv2d(inputs, kernel, strides, bias=None):
     """A convolution without padding, computed as patches times a matrix.
 
     Args:
@@ -25,6 +25,7 @@ def strided_conv2d(inputs, kernel, strides):
         kernel: `(size, size, channels, filters)` tensor (Keras' `Conv2D`
             layout).
         strides: int, the stride in both spatial axes.
+        bias: vector of `filters` values added to the result, or None.
 
     Returns:
         `(batch, out_height, out_width, filters)`, the same numbers as
@@ -66,5 +67,5 @@ def strided_conv2d(inputs, kernel, strides):
     # gradient into a transposed layout, fusing its producers into the copy
     # (0.4 s at the stem).
     matrix = ops.reshape(patches, (-1, size * size * channels))
-    y = matmul(matrix, ops.reshape(kernel, (size * size * channels, -1)))
+    y = biased_matmul(matrix, ops.reshape(kernel, (size * size * channels, -1)), bias)
     return ops.reshape(y, (-1, height, width, kernel.shape[-1]))
