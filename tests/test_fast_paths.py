@@ -592,7 +592,9 @@ def _products(hlo):
     return [((a, b), result) for result, a, b in found]
 
 
-def test_a_bfloat16_training_step_has_no_product_with_a_bfloat16_result():
+def _bfloat16_training_step(**options):
+    """`(step, args)`: the weight gradients of a small mixed_bfloat16 MetaFormer
+    with all three mixers (and `options`), for `_compiled_hlo` and `_compiled`."""
     model = MetaFormer(
         depths=(1, 1, 1),
         dims=(8, 16, 32),
@@ -601,9 +603,11 @@ def test_a_bfloat16_training_step_has_no_product_with_a_bfloat16_result():
         input_shape=(32, 32, 3),
         classes=3,
         dtype="mixed_bfloat16",
+        **options,
     )
     images = _random(2, 32, 32, 3)
     if JAX:
+        import jax
         import jax.numpy as jnp
 
         def step(trainable, non_trainable, images):
@@ -613,18 +617,23 @@ def test_a_bfloat16_training_step_has_no_product_with_a_bfloat16_result():
 
             return jax.grad(loss)(trainable)
 
-        import jax
+        return step, (
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            images,
+        )
+    import tensorflow as tf
 
-        args = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables], images)
-    else:
-        import tensorflow as tf
+    def step(images):
+        with tf.GradientTape() as tape:
+            total = tf.reduce_sum(model(images, training=True))
+        return tape.gradient(total, model.trainable_variables)
 
-        def step(images):
-            with tf.GradientTape() as tape:
-                total = tf.reduce_sum(model(images, training=True))
-            return tape.gradient(total, model.trainable_variables)
+    return step, (tf.constant(images),)
 
-        args = (tf.constant(images),)
+
+def test_a_bfloat16_training_step_has_no_product_with_a_bfloat16_result():
+    step, args = _bfloat16_training_step()
     found = _products(_compiled_hlo(step, *args))
     bfloat16 = [product for product in found if "bf16" in product[0]]
     # The patch embeddings', MLPs' and mixers' products, forward and backward.
@@ -677,39 +686,7 @@ def test_a_bfloat16_training_step_sums_in_float32():
     # residual scales and StarReLU's scalars are such sums. On JAX they are
     # the layers' doing (this fails without them); TensorFlow's bridge to XLA
     # sums bfloat16 in float32 itself.
-    model = MetaFormer(
-        depths=(1, 1, 1),
-        dims=(8, 16, 32),
-        token_mixers=("pool", "sepconv", "attention"),
-        activation="star_relu",
-        res_scale_init_value=1.0,
-        weights=None,
-        input_shape=(32, 32, 3),
-        classes=3,
-        dtype="mixed_bfloat16",
-    )
-    images = _random(2, 32, 32, 3)
-    if JAX:
-        import jax
-        import jax.numpy as jnp
-
-        def step(trainable, non_trainable, images):
-            def loss(trainable):
-                outputs, _ = model.stateless_call(trainable, non_trainable, images, training=True)
-                return jnp.sum(outputs)
-
-            return jax.grad(loss)(trainable)
-
-        args = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables], images)
-    else:
-        import tensorflow as tf
-
-        def step(images):
-            with tf.GradientTape() as tape:
-                total = tf.reduce_sum(model(images, training=True))
-            return tape.gradient(total, model.trainable_variables)
-
-        args = (tf.constant(images),)
+    step, args = _bfloat16_training_step(activation="star_relu", res_scale_init_value=1.0)
     summed = _summed_dtypes(_compiled_hlo(step, *args))
     assert len(summed) >= 20, summed  # the weights' gradients and the norms' statistics
     assert "bf16" not in summed, summed
