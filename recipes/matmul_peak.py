@@ -31,42 +31,56 @@ def measure(threads=2, quick=False):
     """`{"float32": GFLOP/s, "bfloat16": GFLOP/s}`, measured in a fresh process.
 
     `quick` measures one small product instead, in well under a second.
+    """
+    shapes = QUICK_SHAPES if quick else SHAPES
+    products = [((m, k), (k, n), False, False, precision) for precision in PRECISIONS for m, k, n in shapes]
+    samples = iter(onednn_samples(products, threads, repeats=4))
+    peaks = {"shapes": len(shapes)}
+    for precision in PRECISIONS:
+        peaks[precision] = max(2 * m * k * n / min(next(samples)) / 1e9 for m, k, n in shapes)
+    return peaks
 
-    A fresh process, because TensorFlow reads `TF_ENABLE_ONEDNN_OPTS` and its
-    thread count once, when it starts.
+
+def onednn_samples(products, threads=2, repeats=4):
+    """Seconds of `repeats` calls of each product with TensorFlow's oneDNN
+    kernel, after one warm-up call, as one list per product.
+
+    Each product is `(shape_a, shape_b, transpose_a, transpose_b, dtype)`,
+    as `tf.matmul` takes them. They run in a fresh process, because
+    TensorFlow reads `TF_ENABLE_ONEDNN_OPTS` and its thread count once, when
+    it starts.
     """
     environment = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1", TF_CPP_MIN_LOG_LEVEL="3")
-    command = [sys.executable, os.path.abspath(__file__), "--threads", str(threads), "--json"]
-    command += ["--quick"] if quick else []
-    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    request = json.dumps({"products": products, "threads": threads, "repeats": repeats})
+    command = [sys.executable, os.path.abspath(__file__), "--worker", request]
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=1200)
     if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
+        raise RuntimeError(f"the oneDNN timing process failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.splitlines()[-1])
 
 
-def _measure_here(threads, shapes):
+def _samples_here(request):
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_intra_op_parallelism_threads(request["threads"])
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    peaks = {"shapes": len(shapes)}
-    for precision in PRECISIONS:
-        rates = []
-        for m, k, n in shapes:
-            a = tf.cast(tf.random.stateless_uniform((m, k), (0, 0)), precision)
-            b = tf.cast(tf.random.stateless_uniform((k, n), (0, 1)), precision)
-            # Reduced to a scalar inside the function, so that copying the
-            # product out does not count.
-            product = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], "float32")))
+    samples = []
+    for shape_a, shape_b, transpose_a, transpose_b, dtype in request["products"]:
+        a = tf.cast(tf.random.stateless_uniform(shape_a, (0, 0)), dtype)
+        b = tf.cast(tf.random.stateless_uniform(shape_b, (0, 1)), dtype)
+        # One element of the product leaves the function, so that copying
+        # the product out does not count.
+        product = tf.function(
+            lambda a, b, ta=transpose_a, tb=transpose_b: tf.matmul(a, b, transpose_a=ta, transpose_b=tb)[:1, :1]
+        )
+        product(a, b).numpy()
+        seconds = []
+        for _ in range(request["repeats"]):
+            start = time.perf_counter()
             product(a, b).numpy()
-            seconds = []
-            for _ in range(4):
-                start = time.perf_counter()
-                product(a, b).numpy()
-                seconds.append(time.perf_counter() - start)
-            rates.append(2 * m * k * n / min(seconds) / 1e9)
-        peaks[precision] = max(rates)
-    return peaks
+            seconds.append(time.perf_counter() - start)
+        samples.append(seconds)
+    return samples
 
 
 def describe(peaks, threads):
@@ -81,10 +95,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="one small product (a check that it runs)")
-    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
-    if options.json:
-        print(json.dumps(_measure_here(options.threads, QUICK_SHAPES if options.quick else SHAPES)))
+    if options.worker:
+        print(json.dumps(_samples_here(json.loads(options.worker))))
     else:
         print(describe(measure(options.threads, options.quick), options.threads))
 

@@ -22,11 +22,12 @@ nothing else on the machine.
 """
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import matmul_peak
 
 PRECISIONS = ("float32", "bfloat16")
 # (contracting axis of a, contracting axis of b) for each of a layer's products, with a and b
@@ -129,42 +130,15 @@ def _median(fn, args, repeats):
 
 
 def onednn_times(products, precision, threads, repeats):
-    """The same products with TensorFlow's oneDNN kernel, timed in a fresh process (TensorFlow
-    reads `TF_ENABLE_ONEDNN_OPTS` and its thread count at start)."""
-    environment = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1", TF_CPP_MIN_LOG_LEVEL="3")
-    request = json.dumps({"products": products, "precision": precision, "threads": threads, "repeats": repeats})
-    command = [sys.executable, os.path.abspath(__file__), "--onednn-worker", request]
-    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=1200)
-    if result.returncode != 0:
-        raise RuntimeError(f"the oneDNN worker failed:\n{result.stderr[-2000:]}")
-    return {tuple(key): seconds for key, seconds in json.loads(result.stdout.splitlines()[-1])}
-
-
-def _onednn_worker(request):
-    import tensorflow as tf
-
-    request = json.loads(request)
-    tf.config.threading.set_intra_op_parallelism_threads(request["threads"])
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    dtype = request["precision"]
-    times = []
-    for name, rows, k, n, _ in request["products"]:
+    """The same products with TensorFlow's oneDNN kernel (`matmul_peak.onednn_samples`)."""
+    keys, requests = [], []
+    for name, rows, k, n, _ in products:
         for product in PRODUCTS:
             (shape_a, shape_b), (a_axis, b_axis) = _operands(rows, k, n, product)
-            a = tf.cast(tf.random.stateless_normal(shape_a, (0, 0)), dtype)
-            b = tf.cast(tf.random.stateless_normal(shape_b, (0, 1)), dtype)
-            # One element of the product leaves the function, so copying it out does not count.
-            step = tf.function(
-                lambda a, b, ta=a_axis == 0, tb=b_axis == 1: tf.matmul(a, b, transpose_a=ta, transpose_b=tb)[:1, :1]
-            )
-            step(a, b).numpy()
-            samples = []
-            for _ in range(request["repeats"]):
-                start = time.perf_counter()
-                step(a, b).numpy()
-                samples.append(time.perf_counter() - start)
-            times.append([[name, rows, k, n, product], sorted(samples)[len(samples) // 2]])
-    print(json.dumps(times))
+            keys.append((name, rows, k, n, product))
+            requests.append((shape_a, shape_b, a_axis == 0, b_axis == 1, precision))
+    samples = matmul_peak.onednn_samples(requests, threads, repeats)
+    return {key: sorted(seconds)[len(seconds) // 2] for key, seconds in zip(keys, samples)}
 
 
 def bounds(products, times, batch):
@@ -205,10 +179,7 @@ def main(argv=None):
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--onednn-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.onednn_worker:
-        return _onednn_worker(args.onednn_worker)
     # XLA sizes its CPU thread pool from the cores this process may use.
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
     os.environ["KERAS_BACKEND"] = "jax"
