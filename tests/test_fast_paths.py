@@ -532,6 +532,27 @@ def test_compiled_block_gradients_with_folded_layer_scales_match_finite_differen
         np.testing.assert_allclose(gradients[path], expected, rtol=1e-3, atol=1e-3, err_msg=path)
 
 
+@pytest.mark.parametrize("batch, folded", [(1, False), (2, True)])
+def test_mlp_folds_its_output_scale_only_where_the_kernel_is_the_smaller_pass(batch, folded):
+    # 12 hidden units: at batch 1 the 2 x 3 = 6 positions are fewer, and the
+    # scale goes onto the (6, 3) output; at batch 2 (12 positions) into the
+    # (12, 3) kernel. Training always folds. The numbers are the same.
+    x, scale = _random(batch, 2, 3, 3), _random(3)
+    mlp = layers.Mlp(mlp_ratio=4)
+    mlp.build(x.shape)
+    w1, b1, w2, b2 = (keras.ops.convert_to_numpy(v) for v in mlp.weights)
+    expected = ref.mlp(x, w1, b1, w2, b2, "gelu") * scale
+
+    def infer(x):
+        return mlp(x, training=False, output_scale=scale)
+
+    kernel_products = r"stablehlo\.multiply[^\n]*: tensor<12x3xf32>" if JAX else r"f32\[12,3\]\S* multiply\("
+    assert bool(re.search(kernel_products, _compiled_hlo(infer, x))) == folded
+    assert mlp._folds_output_scale(6 * batch, training=True)
+    for run in (infer, _compiled(infer)):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(run(x)), expected, rtol=1e-5, atol=1e-5)
+
+
 # --- bfloat16 products under XLA on a CPU (keras_metaformer/layers/products.py) ---
 
 
