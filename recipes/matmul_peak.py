@@ -41,16 +41,16 @@ def measure(threads=2, quick=False):
     return peaks
 
 
-def onednn_samples(products, threads=2, repeats=4):
+def onednn_samples(products, threads=2, repeats=4, environment=None):
     """Seconds of `repeats` calls of each product with TensorFlow's oneDNN
     kernel, after one warm-up call, as one list per product.
 
     Each product is `(shape_a, shape_b, transpose_a, transpose_b, dtype)`,
     as `tf.matmul` takes them. They run in a fresh process, because
     TensorFlow reads `TF_ENABLE_ONEDNN_OPTS` and its thread count once, when
-    it starts.
+    it starts; `environment` adds variables to that process's.
     """
-    environment = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    environment = dict(os.environ, **(environment or {}), TF_ENABLE_ONEDNN_OPTS="1", TF_CPP_MIN_LOG_LEVEL="3")
     request = json.dumps({"products": products, "threads": threads, "repeats": repeats})
     command = [sys.executable, os.path.abspath(__file__), "--worker", request]
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=1200)

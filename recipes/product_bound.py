@@ -11,6 +11,12 @@ throughput of any engine that runs them with that kernel: the XLA column bounds 
 column what this host's fastest product engine allows (see `matmul_peak.py`). Everything else a
 batch does (norms, pooling, GELU, residuals, the optimizer) only adds to it.
 
+Nothing else should slow the kernels down, so by default both engines run with glibc's malloc told
+to keep freed memory (`--malloc retain`, as in the benchmark): otherwise every product's output
+above 32 MiB is fresh memory, and its page faults count as product time (PoolFormer-S12's
+100352x64x256 float32 product under XLA took 34.0 ms that way and 14.2 ms with the memory kept, on
+a 2-core Intel Xeon). `--malloc system` measures them as a process with glibc's defaults runs them.
+
 The products are the MLPs' two layers, the patch embeddings (as gathered patches times the kernel,
 the form the layers use under JAX on a CPU) and the head, at the model's shapes. In bfloat16 both
 engines get bfloat16 operands; XLA returns float32, as the layers ask it to (rounding it to bfloat16
@@ -27,6 +33,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchmark
 import matmul_peak
 
 PRECISIONS = ("float32", "bfloat16")
@@ -129,15 +136,16 @@ def _median(fn, args, repeats):
     return sorted(samples)[len(samples) // 2]
 
 
-def onednn_times(products, precision, threads, repeats):
-    """The same products with TensorFlow's oneDNN kernel (`matmul_peak.onednn_samples`)."""
+def onednn_times(products, precision, threads, repeats, environment=None):
+    """The same products with TensorFlow's oneDNN kernel (`matmul_peak.onednn_samples`,
+    whose process gets `environment`)."""
     keys, requests = [], []
     for name, rows, k, n, _ in products:
         for product in PRODUCTS:
             (shape_a, shape_b), (a_axis, b_axis) = _operands(rows, k, n, product)
             keys.append((name, rows, k, n, product))
             requests.append((shape_a, shape_b, a_axis == 0, b_axis == 1, precision))
-    samples = matmul_peak.onednn_samples(requests, threads, repeats)
+    samples = matmul_peak.onednn_samples(requests, threads, repeats, environment)
     return {key: sorted(seconds)[len(seconds) // 2] for key, seconds in zip(keys, samples)}
 
 
@@ -179,16 +187,29 @@ def main(argv=None):
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--malloc",
+        choices=("retain", "system"),
+        default="retain",
+        help="keep freed memory (no page faults on the products' outputs; default), or glibc's defaults",
+    )
     args = parser.parse_args(argv)
     # XLA sizes its CPU thread pool from the cores this process may use.
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
     os.environ["KERAS_BACKEND"] = "jax"
+    environment = None
+    if args.malloc == "retain":
+        from keras_metaformer.malloc import retain_freed_memory
+
+        # Before JAX allocates: memory a thread already holds stays in its arena.
+        retain_freed_memory()
+        environment = benchmark.RETAINING_MALLOC
     for arch in args.models:
         products = model_products(arch, args.batch)
         for precision in args.precisions:
             engines = {
                 "XLA (JAX)": xla_times(products, precision, args.repeats, blocks=True),
-                "oneDNN (TensorFlow)": onednn_times(products, precision, args.threads, args.repeats),
+                "oneDNN (TensorFlow)": onednn_times(products, precision, args.threads, args.repeats, environment),
             }
             print(report(arch, args.batch, precision, products, engines), end="\n\n", flush=True)
 

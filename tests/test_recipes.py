@@ -556,6 +556,53 @@ def test_product_bound_sums_each_product_times_its_count():
     assert inference == pytest.approx(80.0) and training == pytest.approx(32 / 2.4)
 
 
+@ONCE
+@pytest.mark.parametrize("malloc", ["retain", "system"])
+def test_product_bound_keeps_freed_memory_for_both_engines_by_default(monkeypatch, malloc):
+    # Page faults on fresh outputs would count as product time: by default
+    # this process keeps freed memory and the oneDNN process is told to.
+    import keras_metaformer.malloc
+
+    product_bound = import_recipe("product_bound")
+    monkeypatch.setenv("KERAS_BACKEND", keras.backend.backend())  # main() sets it to jax
+    monkeypatch.setattr(product_bound.os, "sched_setaffinity", lambda *args: None)
+    retained, environments = [], []
+    monkeypatch.setattr(keras_metaformer.malloc, "retain_freed_memory", lambda: retained.append(True))
+    products = [("fc", 8, 4, 4, 1)]
+    times = {(*products[0][:4], product): 0.5 for product in product_bound.PRODUCTS}
+    monkeypatch.setattr(product_bound, "model_products", lambda arch, batch: products)
+    monkeypatch.setattr(product_bound, "xla_times", lambda *args, **kwargs: times)
+
+    def onednn_times(products, precision, threads, repeats, environment=None):
+        environments.append(environment)
+        return times
+
+    monkeypatch.setattr(product_bound, "onednn_times", onednn_times)
+    options = ["--precisions", "float32"] + (["--malloc", malloc] if malloc == "system" else [])
+    product_bound.main(options)
+    if malloc == "retain":
+        assert retained == [True] and environments == [product_bound.benchmark.RETAINING_MALLOC]
+    else:
+        assert retained == [] and environments == [None]
+
+
+@ONCE
+def test_onednn_samples_adds_the_environment_it_is_given(monkeypatch):
+    import types
+
+    matmul_peak = import_recipe("matmul_peak")
+    seen = {}
+
+    def run(command, env, **kwargs):
+        seen.update(env)
+        return types.SimpleNamespace(returncode=0, stdout="[[0.5]]\n", stderr="")
+
+    monkeypatch.setattr(matmul_peak.subprocess, "run", run)
+    product = ((2, 2), (2, 2), False, False, "float32")
+    assert matmul_peak.onednn_samples([product], environment={"MALLOC_ARENA_MAX": "1"}) == [[0.5]]
+    assert seen["MALLOC_ARENA_MAX"] == "1" and seen["TF_ENABLE_ONEDNN_OPTS"] == "1"
+
+
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="a recipe that runs JAX and TensorFlow itself: one run")
 def test_product_bound_prints_both_engines_bounds():
     result = run_recipe(
