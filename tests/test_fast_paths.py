@@ -18,6 +18,7 @@ from keras_metaformer import layers
 from keras_metaformer.layers import compilation
 from keras_metaformer.layers import depthwise as depthwise_module
 from keras_metaformer.layers import mlp as mlp_module
+from keras_metaformer.layers import norms as norms_module
 from keras_metaformer.layers import patch_embedding as patch_embedding_module
 from keras_metaformer.layers import products
 from keras_metaformer.layers import sepconv_mixer as sepconv_module
@@ -551,6 +552,46 @@ def test_mlp_folds_its_output_scale_only_where_the_kernel_is_the_smaller_pass(ba
     assert mlp._folds_output_scale(6 * batch, training=True)
     for run in (infer, _compiled(infer)):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(run(x)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_group_norm_takes_one_pass_statistics_that_stay_exact_far_from_zero(monkeypatch):
+    # Under XLA the statistics come from the sums of x - k and their squares
+    # (one read of x). Values near 1000 with a spread of about 1 would lose
+    # the variance to cancellation without the shift k (float32 keeps about
+    # 7 digits of the 1e6 squares).
+    calls = []
+    shifted_moments = norms_module.shifted_moments
+    monkeypatch.setattr(norms_module, "shifted_moments", lambda *args: calls.append(1) or shifted_moments(*args))
+    x = 1000 + _random(2, 4, 5, 3)
+    norm = layers.GroupNormalization(groups=1, epsilon=1e-5)
+    norm.build(x.shape)
+    gamma, beta = _random(3), _random(3)
+    norm.gamma.assign(gamma)
+    norm.beta.assign(beta)
+    expected = ref.group_norm_1(x.astype("float64"), gamma, beta, 1e-5)
+    actual = keras.ops.convert_to_numpy(_compiled(norm)(x))
+    assert calls  # traced through the one-pass statistics
+    np.testing.assert_allclose(actual, expected, rtol=2e-3, atol=2e-3)
+
+
+def test_compiled_group_norm_input_gradient_matches_finite_differences():
+    x, weights = 3 + _random(2, 3, 2, 2), _random(2, 3, 2, 2)
+    norm = layers.GroupNormalization(groups=1, epsilon=1e-5)
+    norm.build(x.shape)
+    gamma, beta = _random(2), _random(2)
+    norm.gamma.assign(gamma)
+    norm.beta.assign(beta)
+    _, _, dx = _compiled_layer_gradients(norm, x, weights)
+
+    def loss(x):
+        return np.sum(ref.group_norm_1(x, gamma, beta, 1e-5) * weights)
+
+    expected = np.zeros(x.shape)
+    for index in np.ndindex(x.shape):
+        step = np.zeros(x.shape)
+        step[index] = 1e-4
+        expected[index] = (loss(x + step) - loss(x - step)) / 2e-4
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(dx), expected, rtol=1e-3, atol=1e-3)
 
 
 # --- bfloat16 products under XLA on a CPU (keras_metaformer/layers/products.py) ---
