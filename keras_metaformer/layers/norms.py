@@ -83,8 +83,8 @@ def shifted_moments(x, axes):
     the tensor once for the two sums, where `keras.ops.moments` reads it
     twice (the mean, then the squared deviations). The shift keeps the
     subtraction from cancelling: `k` lies within the sample's values, so
-    the two terms are of the order of the variance, however far from zero
-    the mean is, and the result is as accurate as the two-pass one.
+    the two terms stay of the order of the variance however far from zero
+    the mean is, and the result about as accurate as the two-pass one.
 
     Example:
 
