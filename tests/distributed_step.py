@@ -18,7 +18,7 @@ import sys
 
 MODE, OUTPUT = sys.argv[1], sys.argv[2]
 if MODE == "data-parallel":
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
 
 import contextlib  # noqa: E402
 

@@ -23,7 +23,8 @@ ON_JAX = pytest.mark.skipif(
 
 def _start(arguments, env):
     """Starts `python ARGUMENTS` on JAX with one CPU device and only `env`'s KERAS_DISTRIBUTION_* variables."""
-    environment = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=1", **env)
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=1"
+    environment = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS=flags, **env)
     for name in [name for name in environment if name.startswith("KERAS_DISTRIBUTION_")]:
         if name not in env:
             del environment[name]
