@@ -710,13 +710,13 @@ def test_a_bfloat16_training_step_has_no_product_with_a_bfloat16_result():
 def test_bfloat16_patch_embedding_inference_is_a_product_summed_in_float32(monkeypatch):
     # XLA runs a bfloat16 convolution in float32; as gathered patches times
     # the kernel, the product runs on bfloat16 inputs with float32 sums.
-    # Integer values are exact in bfloat16, and their 27-term sums in
+    # Integer values are exact in bfloat16, and their 144-term sums in
     # float32: the output is that sum rounded once.
     monkeypatch.setattr(compilation, "_gpu_is_default", lambda: False)
-    x = RNG.integers(1, 9, size=(2, 9, 9, 3)).astype("float32")
+    x = RNG.integers(1, 9, size=(2, 9, 9, 16)).astype("float32")
     layer = layers.PatchEmbedding(4, 3, strides=2, padding=1, dtype="mixed_bfloat16")
     layer.build(x.shape)
-    layer.conv.kernel.assign(RNG.integers(1, 9, size=(3, 3, 3, 4)).astype("float32"))
+    layer.conv.kernel.assign(RNG.integers(1, 9, size=(3, 3, 16, 4)).astype("float32"))
     layer.conv.bias.assign(np.zeros(4, "float32"))
     kernel = keras.ops.convert_to_numpy(layer.conv.kernel)
 
@@ -729,6 +729,33 @@ def test_bfloat16_patch_embedding_inference_is_a_product_summed_in_float32(monke
     actual = _compiled(infer)(x)
     expected = ref.conv2d(x, kernel, np.zeros(4, "float32"), 2, 1)
     np.testing.assert_array_equal(_as_float32(actual), _as_float32(_bfloat16(expected)))
+
+
+@pytest.mark.skipif(not JAX, reason="JAX's XLA only: TensorFlow's runs the convolutions itself")
+def test_bfloat16_stem_inference_is_a_float32_convolution_rounded_once(monkeypatch):
+    # With 3 input channels, gathering patches costs more than convolving:
+    # the stem convolves the bfloat16 input and weights in float32 and
+    # rounds the result once. Integer values are exact in bfloat16, and
+    # their 147-term sums in float32.
+    monkeypatch.setattr(compilation, "_gpu_is_default", lambda: False)
+    x = RNG.integers(1, 9, size=(2, 15, 15, 3)).astype("float32")
+    layer = layers.PatchEmbedding(4, 7, strides=4, padding=2, dtype="mixed_bfloat16")
+    layer.build(x.shape)
+    kernel = RNG.integers(1, 9, size=(7, 7, 3, 4)).astype("float32")
+    bias = np.array([0.5, -1.25, 3, 0], "float32")
+    layer.conv.kernel.assign(kernel)
+    layer.conv.bias.assign(bias)
+
+    def infer(x):
+        return layer(x, training=False)
+
+    hlo = _compiled_hlo(infer, x)
+    assert re.search(r"stablehlo\.convolution[^\n]*: \(tensor<[^>]*xf32>, tensor<[^>]*xf32>\)", hlo), hlo
+    assert _products(hlo) == []  # no gathered patches
+    actual = _compiled(infer)(x)
+    assert keras.backend.standardize_dtype(actual.dtype) == "bfloat16"
+    expected = ref.conv2d(x.astype("float64"), kernel.astype("float64"), bias.astype("float64"), 4, 2)
+    np.testing.assert_array_equal(_as_float32(actual), _as_float32(_bfloat16(expected.astype("float32"))))
 
 
 def _summed_dtypes(hlo):
