@@ -758,6 +758,35 @@ def test_bfloat16_stem_inference_is_a_float32_convolution_rounded_once(monkeypat
     np.testing.assert_array_equal(_as_float32(actual), _as_float32(_bfloat16(expected.astype("float32"))))
 
 
+def test_compiled_bfloat16_mlp_writes_its_blocks_as_16_bit_integers(monkeypatch):
+    # XLA's CPU backend converts a bfloat16 loop output to float32 and back
+    # around each block's write; as 16-bit integers the write is in place.
+    monkeypatch.setattr(mlp_module, "_HIDDEN_BLOCK_SIZE", 64)
+    monkeypatch.setattr(compilation, "_gpu_is_default", lambda: False)
+    x = _random(2, 6, 6, 2)
+    mlp = layers.Mlp(mlp_ratio=2, dtype="mixed_bfloat16")
+    mlp.build(x.shape)
+    w1, b1, w2, b2 = (keras.ops.convert_to_numpy(v) for v in mlp.weights)
+    b1, b2 = _random(4), _random(2)
+    mlp.fc1.bias.assign(b1)
+    mlp.fc2.bias.assign(b2)
+
+    def infer(x):
+        return mlp(x, training=False)
+
+    hlo = _compiled_hlo(infer, x)
+    if JAX:  # stablehlo.dynamic_update_slice %a, %b, ... : (tensor<6x16x2xui16>, tensor<1x16x2xui16>, ...
+        written = re.findall(r"dynamic_update_slice[^\n]*: \(tensor<[^>]*x(\w+)>", hlo)
+    else:  # %dynamic-update-slice.1 = u16[6,12,2]{2,1,0} dynamic-update-slice(...
+        written = re.findall(r"= (\w+)\[[^\]]*\]\S* dynamic-update-slice\(", hlo)
+    assert written and set(written) == {"ui16" if JAX else "u16"}, written
+    actual = _compiled(infer)(x)
+    assert keras.backend.standardize_dtype(actual.dtype) == "bfloat16"
+    rounded = _as_float32(_bfloat16(x))
+    expected = ref.mlp(rounded, _as_float32(_bfloat16(w1)), b1, _as_float32(_bfloat16(w2)), b2, "gelu")
+    np.testing.assert_allclose(_as_float32(actual), expected, rtol=2e-2, atol=2e-2)
+
+
 def _summed_dtypes(hlo):
     """The element type of every sum (reduction by addition) in `hlo`."""
     if JAX:  # stablehlo.reduce(%x init: %c) applies stablehlo.add across dimensions = [0] : (tensor<8x16xbf16>, ...
