@@ -761,6 +761,7 @@ def test_bfloat16_stem_inference_is_a_float32_convolution_rounded_once(monkeypat
 def test_compiled_bfloat16_mlp_writes_its_blocks_as_16_bit_integers(monkeypatch):
     # XLA's CPU backend converts a bfloat16 loop output to float32 and back
     # around each block's write; as 16-bit integers the write is in place.
+    # JAX's XLA reads the blocks faster as integers too.
     monkeypatch.setattr(mlp_module, "_HIDDEN_BLOCK_SIZE", 64)
     monkeypatch.setattr(compilation, "_gpu_is_default", lambda: False)
     x = _random(2, 6, 6, 2)
@@ -780,6 +781,9 @@ def test_compiled_bfloat16_mlp_writes_its_blocks_as_16_bit_integers(monkeypatch)
     else:  # %dynamic-update-slice.1 = u16[6,12,2]{2,1,0} dynamic-update-slice(...
         written = re.findall(r"= (\w+)\[[^\]]*\]\S* dynamic-update-slice\(", hlo)
     assert written and set(written) == {"ui16" if JAX else "u16"}, written
+    if JAX:  # and reads them so: stablehlo.dynamic_slice %a, ... : (tensor<6x12x2xui16>, ...
+        read = re.findall(r"dynamic_slice[^\n]*: \(tensor<[^>]*x(\w+)>", hlo)
+        assert read and set(read) == {"ui16"}, read
     actual = _compiled(infer)(x)
     assert keras.backend.standardize_dtype(actual.dtype) == "bfloat16"
     rounded = _as_float32(_bfloat16(x))
