@@ -84,18 +84,34 @@ class Mlp(Rematerializable, keras.layers.Layer):
             # Writing fresh memory is what bounds the MLP on CPU: about 1.6x
             # faster this way at batch 32. Training keeps the full tensor,
             # which the backward pass needs.
-            # Blocks are written, and under JAX also read, as 16-bit
-            # integers (see `_as_bits`). Read as bfloat16, JAX's XLA moves
-            # the input's rounding to bfloat16 into the loop, where each
-            # block's slice and conversion is 5x slower than a plain
-            # conversion (PoolFormer-S12 at batch 32, A/B: 10-14 ms faster as
-            # integers); TensorFlow's XLA was 8-9 ms slower that way.
-            dtype = x.dtype
-            read = _as_bits if compiled_by_jax_for_cpu() else ops.convert_to_tensor
-            chunks = ops.reshape(read(x), (-1, rows, shape[-1]))
-            blocks = ops.map(lambda block: _as_bits(self._transform(ops.view(block, dtype), project)), chunks)
-            x = ops.reshape(ops.view(blocks, dtype), (-1, shape[-1]))
+            x = ops.reshape(self._looped(x, rows, project), (-1, shape[-1]))
         return ops.reshape(x, shape)
+
+    def _looped(self, x, rows, project):
+        """`_transform` over blocks of `rows` rows of `x`, stacked.
+
+        16-bit floats are written into the stacked output, and under JAX
+        also read from the input, as 16-bit integers. The loop writes each
+        block with a dynamic-update-slice, which XLA's CPU backend computes
+        in float32 for bfloat16: it converted the whole output to float32
+        and back at every block, 14 full passes at stage 1 of PoolFormer-S12
+        at batch 32 (8 ms of each block's 17); integers are written in
+        place. Read as bfloat16, JAX's XLA moves the input's rounding into
+        the loop, where each block's slice and conversion was about 5x
+        slower per value than one conversion of the whole tensor;
+        TensorFlow's XLA was 8-9 ms slower reading integers.
+        """
+        chunks = ops.reshape(x, (-1, rows, x.shape[-1]))
+        if not _is_16_bit(x.dtype):
+            return ops.map(lambda block: self._transform(block, project), chunks)
+        dtype = x.dtype
+        if compiled_by_jax_for_cpu():
+            chunks = ops.view(chunks, "uint16")
+
+        def transform(block):
+            return ops.view(self._transform(ops.view(block, dtype), project), "uint16")
+
+        return ops.view(ops.map(transform, chunks), dtype)
 
     def _transform(self, x, project, training=None):
         hidden = dense(self.fc1, x, keep_float32=True)
@@ -199,15 +215,5 @@ class Mlp(Rematerializable, keras.layers.Layer):
         return config
 
 
-def _as_bits(x):
-    """A 16-bit float tensor viewed as 16-bit integers (others as they are).
-
-    The loop writes each block into its output with a dynamic-update-slice.
-    XLA's CPU backend computes that op in float32 when the output is
-    bfloat16: it converts the whole output to float32 and back at every
-    block, 14 full passes at stage 1 of PoolFormer-S12 at batch 32 (8 ms of
-    each block's 17). Integers are written in place.
-    """
-    if keras.backend.standardize_dtype(x.dtype) in ("bfloat16", "float16"):
-        return ops.view(x, "uint16")
-    return x
+def _is_16_bit(dtype):
+    return keras.backend.standardize_dtype(dtype) in ("bfloat16", "float16")
