@@ -707,41 +707,26 @@ def test_a_bfloat16_training_step_has_no_product_with_a_bfloat16_result():
 
 
 @pytest.mark.skipif(not JAX, reason="JAX's XLA only: TensorFlow's runs the convolutions itself")
-def test_bfloat16_patch_embedding_inference_is_a_product_summed_in_float32(monkeypatch):
-    # XLA runs a bfloat16 convolution in float32; as gathered patches times
-    # the kernel, the product runs on bfloat16 inputs with float32 sums.
-    # Integer values are exact in bfloat16, and their 144-term sums in
-    # float32: the output is that sum rounded once.
+@pytest.mark.parametrize(
+    "channels, size, strides, padding, form",
+    [(16, 3, 2, 1, "product"), (3, 7, 4, 2, "convolution")],
+    ids=["downsampling", "stem"],
+)
+def test_bfloat16_patch_embedding_inference_sums_in_float32_and_rounds_once(
+    monkeypatch, channels, size, strides, padding, form
+):
+    # XLA runs a bfloat16 convolution in float32. A downsampling layer
+    # multiplies gathered patches with the kernel instead: bfloat16 inputs,
+    # float32 sums. The stem, whose 3 input channels make the gather cost
+    # more than the convolution, convolves the bfloat16 input and weights
+    # in float32. Integer values are exact in bfloat16, and their sums (144
+    # and 147 terms) in float32: either way the output is the exact sum
+    # rounded once.
     monkeypatch.setattr(compilation, "_gpu_is_default", lambda: False)
-    x = RNG.integers(1, 9, size=(2, 9, 9, 16)).astype("float32")
-    layer = layers.PatchEmbedding(4, 3, strides=2, padding=1, dtype="mixed_bfloat16")
+    x = RNG.integers(1, 9, size=(2, 15, 15, channels)).astype("float32")
+    layer = layers.PatchEmbedding(4, size, strides=strides, padding=padding, dtype="mixed_bfloat16")
     layer.build(x.shape)
-    layer.conv.kernel.assign(RNG.integers(1, 9, size=(3, 3, 16, 4)).astype("float32"))
-    layer.conv.bias.assign(np.zeros(4, "float32"))
-    kernel = keras.ops.convert_to_numpy(layer.conv.kernel)
-
-    def infer(x):
-        return layer(x, training=False)
-
-    hlo = _compiled_hlo(infer, x)
-    assert "convolution" not in hlo
-    assert ((("bf16", "bf16"), "f32")) in _products(hlo)
-    actual = _compiled(infer)(x)
-    expected = ref.conv2d(x, kernel, np.zeros(4, "float32"), 2, 1)
-    np.testing.assert_array_equal(_as_float32(actual), _as_float32(_bfloat16(expected)))
-
-
-@pytest.mark.skipif(not JAX, reason="JAX's XLA only: TensorFlow's runs the convolutions itself")
-def test_bfloat16_stem_inference_is_a_float32_convolution_rounded_once(monkeypatch):
-    # With 3 input channels, gathering patches costs more than convolving:
-    # the stem convolves the bfloat16 input and weights in float32 and
-    # rounds the result once. Integer values are exact in bfloat16, and
-    # their 147-term sums in float32.
-    monkeypatch.setattr(compilation, "_gpu_is_default", lambda: False)
-    x = RNG.integers(1, 9, size=(2, 15, 15, 3)).astype("float32")
-    layer = layers.PatchEmbedding(4, 7, strides=4, padding=2, dtype="mixed_bfloat16")
-    layer.build(x.shape)
-    kernel = RNG.integers(1, 9, size=(7, 7, 3, 4)).astype("float32")
+    kernel = RNG.integers(1, 9, size=(size, size, channels, 4)).astype("float32")
     bias = np.array([0.5, -1.25, 3, 0], "float32")
     layer.conv.kernel.assign(kernel)
     layer.conv.bias.assign(bias)
@@ -750,11 +735,15 @@ def test_bfloat16_stem_inference_is_a_float32_convolution_rounded_once(monkeypat
         return layer(x, training=False)
 
     hlo = _compiled_hlo(infer, x)
-    assert re.search(r"stablehlo\.convolution[^\n]*: \(tensor<[^>]*xf32>, tensor<[^>]*xf32>\)", hlo), hlo
-    assert _products(hlo) == []  # no gathered patches
+    if form == "product":
+        assert "convolution" not in hlo
+        assert (("bf16", "bf16"), "f32") in _products(hlo)
+    else:
+        assert re.search(r"stablehlo\.convolution[^\n]*: \(tensor<[^>]*xf32>, tensor<[^>]*xf32>\)", hlo), hlo
+        assert _products(hlo) == []
     actual = _compiled(infer)(x)
     assert keras.backend.standardize_dtype(actual.dtype) == "bfloat16"
-    expected = ref.conv2d(x.astype("float64"), kernel.astype("float64"), bias.astype("float64"), 4, 2)
+    expected = ref.conv2d(x.astype("float64"), kernel.astype("float64"), bias.astype("float64"), strides, padding)
     np.testing.assert_array_equal(_as_float32(actual), _as_float32(_bfloat16(expected.astype("float32"))))
 
 
