@@ -758,7 +758,7 @@ def test_compiled_bfloat16_mlp_loop_rewrites_its_input_as_16_bit_integers(monkey
     x = _random(2, 6, 6, 2)
     mlp = layers.Mlp(mlp_ratio=2, dtype="mixed_bfloat16")
     mlp.build(x.shape)
-    w1, b1, w2, b2 = (keras.ops.convert_to_numpy(v) for v in mlp.weights)
+    w1, w2 = (keras.ops.convert_to_numpy(v) for v in (mlp.fc1.kernel, mlp.fc2.kernel))
     b1, b2 = _random(4), _random(2)
     mlp.fc1.bias.assign(b1)
     mlp.fc2.bias.assign(b2)
