@@ -39,6 +39,24 @@ def test_pool_mixer_matches_numpy(pool_size):
     np.testing.assert_allclose(actual, expected, atol=1e-6)
 
 
+def test_pool_mixer_scale_multiplies_its_output_and_rounds_bfloat16_once():
+    x, scale = _random(2, 6, 7, 3, scale=3.0), _random(2, 1, 1, 3)
+    expected = ref.pool_mixer(x, 3) * scale
+    np.testing.assert_allclose(_numpy(layers.PoolMixer(3)(x, scale=scale)), expected, rtol=1e-5, atol=1e-6)
+    # The bfloat16 input, pooled, scaled and rounded once in float32.
+    x16 = keras.ops.cast(x, "bfloat16")
+    exact = ref.pool_mixer(_numpy(keras.ops.cast(x16, "float32")), 3) * _numpy(
+        keras.ops.cast(keras.ops.cast(scale, "bfloat16"), "float32")
+    )
+    actual = layers.PoolMixer(3, dtype="mixed_bfloat16")(x16, scale=scale)
+    assert keras.backend.standardize_dtype(actual.dtype) == "bfloat16"
+    np.testing.assert_array_equal(_numpy(keras.ops.cast(actual, "float32")), _numpy(_bfloat16_rounded(exact)))
+
+
+def _bfloat16_rounded(x):
+    return keras.ops.cast(keras.ops.cast(x, "bfloat16"), "float32")
+
+
 @pytest.mark.parametrize("pool_size", [0, 2, 4, 3.0])
 def test_pool_mixer_rejects_even_or_invalid_sizes(pool_size):
     with pytest.raises(ValueError, match=r"positive odd integer.*Received: pool_size="):
@@ -326,6 +344,29 @@ def test_metaformer_block_matches_numpy(norm, activation, pool_size):
     params = _set_block_params(block, channels, norm)
     expected = ref.metaformer_block(x, params, pool_size, activation, _NUMPY_NORMS[norm])
     np.testing.assert_allclose(_numpy(block(x)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_metaformer_block_inference_scales_the_pooling_instead_of_normalising(monkeypatch):
+    # pool(norm1(x)) - norm1(x) = scale * (pool(x) - x): norm1's shift (its
+    # beta and the mean) cancels. Inference computes only norm1's scale;
+    # training normalises, so that beta keeps its (zero) gradient. Both
+    # give the reference's numbers.
+    channels = 6
+    x = _random(2, 5, 7, channels, scale=2.0) + 3.0
+    block = layers.MetaFormerBlock(pool_size=3, norm_epsilon=1e-5)
+    block.build(x.shape)
+    params = _set_block_params(block, channels, "group")
+    expected = ref.metaformer_block(x, params, 3, "gelu", ref.group_norm_1)
+    norm1_calls = []
+    original = type(block.norm1).call
+    monkeypatch.setattr(
+        type(block.norm1), "call", lambda self, *a, **k: norm1_calls.append(self.name) or original(self, *a, **k)
+    )
+    np.testing.assert_allclose(_numpy(block(x, training=False)), expected, rtol=1e-4, atol=1e-4)
+    assert "norm1" not in norm1_calls and "norm2" in norm1_calls
+    norm1_calls.clear()
+    np.testing.assert_allclose(_numpy(block(x, training=True)), expected, rtol=1e-4, atol=1e-4)
+    assert "norm1" in norm1_calls
 
 
 def test_metaformer_block_without_layer_scale():

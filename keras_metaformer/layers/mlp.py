@@ -8,6 +8,7 @@ from keras_metaformer.layers.activations import in_float32
 from keras_metaformer.layers.activations import serialize_activation
 from keras_metaformer.layers.compilation import compiled_by_xla_for_cpu
 from keras_metaformer.layers.compilation import traced_for_onednn
+from keras_metaformer.layers.dtypes import is_16_bit
 from keras_metaformer.layers.positions import as_rows
 from keras_metaformer.layers.positions import positions_shape
 from keras_metaformer.layers.products import biased_matmul
@@ -108,7 +109,7 @@ class Mlp(Rematerializable, keras.layers.Layer):
         conversion of the whole tensor.
         """
         dtype = x.dtype
-        bits = _is_16_bit(dtype)
+        bits = is_16_bit(dtype)
         channels = x.shape[-1]
 
         def transform(i, buffer):
@@ -222,7 +223,3 @@ class Mlp(Rematerializable, keras.layers.Layer):
             }
         )
         return config
-
-
-def _is_16_bit(dtype):
-    return keras.backend.standardize_dtype(dtype) in ("bfloat16", "float16")

@@ -51,28 +51,71 @@ class GroupNormalization(Rematerializable, keras.layers.GroupNormalization):
             if output_scale is None:
                 return outputs
             return outputs * ops.cast(output_scale, outputs.dtype)
-        # Like Keras: statistics in float32 even for float16/bfloat16 inputs,
-        # which overflow.
-        x = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        x = _at_least_float32(inputs)
+        mean, variance = self._moments(x)
+        inv = self._scale(variance, output_scale, x.dtype)
+        shift = -mean * inv
+        beta = self.beta if self.center else None
+        if beta is not None:
+            if output_scale is not None:
+                beta = beta * output_scale
+            shift = shift + ops.cast(ops.reshape(beta, self._broadcast_shape(x)), x.dtype)
+        return ops.cast(x * inv + shift, self.compute_dtype)
+
+    def channel_scale(self, inputs, output_scale=None):
+        """What this norm multiplies each channel of each sample by.
+
+        With one group the norm is `inputs * scale + shift`, where `scale =
+        gamma / sqrt(variance + epsilon)` (times `output_scale`, a vector
+        over the channels, if given) and `shift` are constant over each
+        channel of each sample. Returns `scale`, shaped `(batch, 1, ..., 1,
+        channels)`, in float32 (or the inputs' dtype, if wider).
+
+        Example:
+
+        >>> import numpy as np
+        >>> norm = GroupNormalization(groups=1, epsilon=0.0)
+        >>> x = np.array([[[[1.0, 5.0]], [[3.0, 7.0]]]], "float32")  # variance 5
+        >>> scale = norm.channel_scale(x, output_scale=np.array([1.0, 5.0], "float32"))
+        >>> [round(float(value) ** 2, 4) for value in keras.ops.convert_to_numpy(scale).ravel()]
+        [0.2, 5.0]
+        """
+        if self.groups != 1:
+            raise ValueError(
+                "`channel_scale` needs groups=1: with more groups the scale is not one per channel. "
+                f"Received: groups={self.groups}."
+            )
+        if not self.built:
+            self.build(inputs.shape)
+        x = _at_least_float32(inputs)
+        _, variance = self._moments(x)
+        return self._scale(variance, output_scale, x.dtype)
+
+    def _moments(self, x):
+        # Statistics over every non-batch axis.
         axes = list(range(1, len(x.shape)))
         if compiled_by_xla():
-            mean, variance = shifted_moments(x, axes)
-        else:
-            mean, variance = ops.moments(x, axes=axes, keepdims=True)
+            return shifted_moments(x, axes)
+        return ops.moments(x, axes=axes, keepdims=True)
+
+    def _scale(self, variance, output_scale, dtype):
         gamma = self.gamma if self.scale else None
-        beta = self.beta if self.center else None
         if output_scale is not None:
             gamma = output_scale if gamma is None else gamma * output_scale
-            beta = None if beta is None else beta * output_scale
-        broadcast_shape = [1] * len(x.shape)
-        broadcast_shape[self.axis] = -1
         inv = ops.rsqrt(variance + self.epsilon)
-        if gamma is not None:
-            inv = inv * ops.cast(ops.reshape(gamma, broadcast_shape), x.dtype)
-        shift = -mean * inv
-        if beta is not None:
-            shift = shift + ops.cast(ops.reshape(beta, broadcast_shape), x.dtype)
-        return ops.cast(x * inv + shift, self.compute_dtype)
+        if gamma is None:
+            return inv
+        return inv * ops.cast(ops.reshape(gamma, self._broadcast_shape(variance)), dtype)
+
+    def _broadcast_shape(self, x):
+        shape = [1] * len(x.shape)
+        shape[self.axis] = -1
+        return shape
+
+
+def _at_least_float32(inputs):
+    # Like Keras: statistics in float32 even for float16/bfloat16 inputs, which overflow.
+    return ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
 
 
 def shifted_moments(x, axes):

@@ -4,6 +4,7 @@ from keras import ops
 
 from keras_metaformer.arguments import check_int
 from keras_metaformer.layers.compilation import compiled_by_xla
+from keras_metaformer.layers.dtypes import is_16_bit
 from keras_metaformer.layers.token_mixers import register_token_mixer
 
 
@@ -42,6 +43,9 @@ class PoolMixer(keras.layers.Layer):
 
     # A linear map of each channel on its own: see `MetaFormerBlock._folds_layer_scale1`.
     commutes_with_channel_scale = True
+    # The mean of a constant is that constant, so a value added to a whole
+    # channel cancels: see `MetaFormerBlock._norm1_is_a_scale`.
+    ignores_channel_shift = True
 
     def __init__(self, pool_size=3, **kwargs):
         super().__init__(**kwargs)
@@ -62,14 +66,25 @@ class PoolMixer(keras.layers.Layer):
         # Stateless: built now, unless a subclass defines its own `build`.
         self._build_at_init()
 
-    def call(self, inputs):
-        height, width = inputs.shape[1], inputs.shape[2]
+    def call(self, inputs, scale=None):
+        """Pools `inputs`. With `scale`, a tensor broadcastable to the
+        output (per sample and channel: `(batch, 1, 1, channels)`), returns
+        the result times it; 16-bit inputs are then computed in float32 and
+        rounded once."""
+        x = inputs
+        if scale is not None and is_16_bit(x.dtype):
+            x = ops.cast(x, "float32")
+        height, width = x.shape[1], x.shape[2]
         if height is not None and width is not None and compiled_by_xla():
-            return self._window_means(inputs, height, width) - inputs
-        # Keras' "same" average pooling excludes the padding from the count
-        # on every backend, which is what the reference implementation does.
-        pooled = ops.average_pool(inputs, pool_size=self.pool_size, strides=1, padding="same")
-        return pooled - inputs
+            pooled = self._window_means(x, height, width)
+        else:
+            # Keras' "same" average pooling excludes the padding from the count
+            # on every backend, which is what the reference implementation does.
+            pooled = ops.average_pool(x, pool_size=self.pool_size, strides=1, padding="same")
+        mixed = pooled - x
+        if scale is not None:
+            mixed = ops.cast(mixed * ops.cast(scale, mixed.dtype), inputs.dtype)
+        return mixed
 
     def _window_means(self, inputs, height, width):
         """The same means as separable window sums over zero padding, times
@@ -96,7 +111,7 @@ class PoolMixer(keras.layers.Layer):
             return _window_sums(x, pool_size, height, width) * reciprocal, grad
 
         x = inputs
-        if x.dtype in ("float16", "bfloat16"):
+        if is_16_bit(x.dtype):
             # Nine-term sums lose digits in 8-bit mantissas.
             x = ops.cast(x, "float32")
         return ops.cast(window_means(x), inputs.dtype)
