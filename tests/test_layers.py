@@ -222,6 +222,17 @@ def test_group_normalization_without_scale_and_center_matches_numpy():
     assert not norm.weights
 
 
+def test_group_normalization_channel_scale_is_gamma_over_the_standard_deviation():
+    x, gamma, output_scale = _random(3, 5, 7, 6, scale=3.0) + 2.0, _random(6), _random(6)
+    norm = layers.GroupNormalization(groups=1, epsilon=1e-5)
+    norm.build(x.shape)
+    norm.gamma.assign(gamma)
+    expected = gamma * output_scale / np.sqrt(x.var(axis=(1, 2, 3), keepdims=True, dtype="float64") + 1e-5)
+    np.testing.assert_allclose(_numpy(norm.channel_scale(x, output_scale=output_scale)), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"needs groups=1.*Received: groups=3"):
+        layers.GroupNormalization(groups=3).channel_scale(_random(2, 4, 4, 6))
+
+
 def test_group_normalization_with_more_groups_is_keras_layer():
     x = _random(2, 4, 4, 6)
     ours = layers.GroupNormalization(groups=3, epsilon=1e-5)
