@@ -35,20 +35,23 @@ _REMAPPED_MLP = textwrap.dedent(
 
     from keras_metaformer import layers
 
+    def remapped(fn, shape):
+        # The graph of `fn` on float32 inputs of `shape`, after Grappler.
+        graph = tf.function(fn).get_concrete_function(tf.TensorSpec(shape, tf.float32)).graph
+        meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=graph.as_graph_def(), graph=graph)
+        for output in graph.outputs:
+            meta_graph.collection_def["train_op"].node_list.value.append(output.op.name)
+        for node in meta_graph.graph_def.node:  # the remapper rewrites CPU ops only
+            node.device = "/device:CPU:0"
+        return tf_optimizer.OptimizeGraph(config_pb2.ConfigProto(), meta_graph)
+
     result = {}
     for policy in ("float32", "mixed_bfloat16"):
         keras.config.set_dtype_policy(policy)
         mlp = layers.Mlp(mlp_ratio=4, dtype=policy)
         mlp.build((2, 4, 4, 8))
         for training in (False, True):
-            function = tf.function(lambda x: mlp(x, training=training))
-            graph = function.get_concrete_function(tf.TensorSpec((2, 4, 4, 8), tf.float32)).graph
-            meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=graph.as_graph_def(), graph=graph)
-            for output in graph.outputs:
-                meta_graph.collection_def["train_op"].node_list.value.append(output.op.name)
-            for node in meta_graph.graph_def.node:  # the remapper rewrites CPU ops only
-                node.device = "/device:CPU:0"
-            optimized = tf_optimizer.OptimizeGraph(config_pb2.ConfigProto(), meta_graph)
+            optimized = remapped(lambda x: mlp(x, training=training), (2, 4, 4, 8))
             result[f"{policy} training={training}"] = {
                 "products": [
                     [node.op, [op.decode() for op in node.attr["fused_ops"].list.s]]
@@ -60,14 +63,7 @@ _REMAPPED_MLP = textwrap.dedent(
         # Enough positions (1 x 32 x 32) for fc2 as a 1x1 convolution.
         block = layers.MetaFormerBlock(dtype=policy)
         block.build((1, 32, 32, 8))
-        function = tf.function(lambda x: block(x, training=False))
-        graph = function.get_concrete_function(tf.TensorSpec((1, 32, 32, 8), tf.float32)).graph
-        meta_graph = tf.compat.v1.train.export_meta_graph(graph_def=graph.as_graph_def(), graph=graph)
-        for output in graph.outputs:
-            meta_graph.collection_def["train_op"].node_list.value.append(output.op.name)
-        for node in meta_graph.graph_def.node:
-            node.device = "/device:CPU:0"
-        optimized = tf_optimizer.OptimizeGraph(config_pb2.ConfigProto(), meta_graph)
+        optimized = remapped(lambda x: block(x, training=False), (1, 32, 32, 8))
         result[f"{policy} block"] = [
             [node.op, [op.decode() for op in node.attr["fused_ops"].list.s]]
             for node in optimized.node
@@ -137,11 +133,8 @@ def test_block_with_fc2_as_a_convolution_matches_numpy(monkeypatch, policy, tole
         "layer_scale2": values["layer_scale2/scale"],
     }
     expected = ref.metaformer_block(x.astype("float64"), params)
-    actual = tf.function(lambda x: block(x, training=False))(x)
-    graph_ops = {
-        op.type
-        for op in tf.function(lambda x: block(x, training=False)).get_concrete_function(x).graph.get_operations()
-    }
-    assert "Conv2D" in graph_ops
+    infer = tf.function(lambda x: block(x, training=False))
+    assert "Conv2D" in {op.type for op in infer.get_concrete_function(x).graph.get_operations()}
+    actual = infer(x)
     actual = keras.ops.convert_to_numpy(keras.ops.cast(actual, "float32"))
     np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance)

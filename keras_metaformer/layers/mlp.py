@@ -173,21 +173,17 @@ class Mlp(Rematerializable, keras.layers.Layer):
             return False
         if self.fc2.quantization_mode is not None or self.fc2.lora_enabled or not traced_for_onednn():
             return False
-        positions = math.prod(size for size in inputs.shape[:3] if size is not None)
-        return None not in inputs.shape[1:3] and positions >= _CONVOLUTION_MIN_ROWS
+        if None in inputs.shape[1:3]:
+            return False
+        return math.prod(size for size in inputs.shape[:3] if size is not None) >= _CONVOLUTION_MIN_ROWS
 
     def _convolved_projection(self, hidden, output_scale):
         """`fc2` (times `output_scale`, folded into its weights) as a 1x1
         convolution of the `(batch, height, width, hidden)` tensor `hidden`."""
         import tensorflow as tf
 
-        dtype = self.fc2.compute_dtype
-        kernel = ops.cast(self.fc2.kernel, dtype)
-        bias = ops.cast(self.fc2.bias, dtype)
-        if output_scale is not None:
-            # Folded, so that the residual sum follows the bias directly.
-            scale = ops.cast(output_scale, dtype)
-            kernel, bias = kernel * scale, bias * scale
+        # Folded, so that the residual sum follows the bias directly.
+        kernel, bias = self._fc2_weights(output_scale)
         outputs = tf.nn.conv2d(hidden, kernel[None, None], strides=1, padding="VALID")
         return tf.nn.bias_add(outputs, bias)
 
@@ -236,15 +232,25 @@ class Mlp(Rematerializable, keras.layers.Layer):
 
             return scaled
 
+        def project(h):
+            kernel, bias = self._fc2_weights(output_scale)
+            return biased_matmul(h, kernel, bias)
+
+        return project
+
+    def _fc2_weights(self, output_scale):
+        """`fc2`'s kernel and bias (`None` without one) in its compute
+        dtype, times `output_scale` (a vector over its outputs) if given."""
+        dtype = self.fc2.compute_dtype
+        if output_scale is None:
+            return ops.cast(self.fc2.kernel, dtype), ops.cast(self.fc2.bias, dtype) if self.fc2.use_bias else None
+        scale = ops.cast(output_scale, dtype)
+
         def fold(weight):
             # In float32 under XLA on a CPU, where the scale's gradient is then a float32 sum.
             return in_float32(lambda w: w * ops.cast(scale, w.dtype), ops.cast(weight, dtype), xla_cpu_only=True)
 
-        def project(h):
-            bias = fold(self.fc2.bias) if self.fc2.use_bias else None
-            return biased_matmul(h, fold(self.fc2.kernel), bias)
-
-        return project
+        return fold(self.fc2.kernel), fold(self.fc2.bias) if self.fc2.use_bias else None
 
     def _chunk_rows(self, positions):
         """Rows per block for the looped MLP, or `None` to run it whole."""
