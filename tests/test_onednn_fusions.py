@@ -23,8 +23,9 @@ from keras_metaformer import layers
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow graphs only")
 
 # Prints, as JSON, each MatMul-like op of the Mlp's inference and training
-# graphs after the remapper, with its fused ops, and the dtypes its GELU
-# maths (`Erfc`) runs in where that was not fused.
+# graphs after the remapper, with its fused ops and dtype, the dtypes its
+# GELU maths (`Erfc`) runs in where that was not fused, and how many
+# weights it casts.
 _REMAPPED_MLP = textwrap.dedent(
     """
     import json, sys
@@ -45,21 +46,33 @@ _REMAPPED_MLP = textwrap.dedent(
             node.device = "/device:CPU:0"
         return tf_optimizer.OptimizeGraph(config_pb2.ConfigProto(), meta_graph)
 
+    def dtype(node):
+        return tf.dtypes.as_dtype(node.attr["T"].type).name
+
+    def summary(graph):
+        ops = {node.name: node.op for node in graph.node}
+        return {
+            "products": [
+                [node.op, [op.decode() for op in node.attr["fused_ops"].list.s], dtype(node)]
+                for node in graph.node
+                if "MatMul" in node.op
+            ],
+            "erfc": [dtype(node) for node in graph.node if node.op == "Erfc"],
+            "weight casts": sum(
+                node.op == "Cast" and ops.get(node.input[0].split(":")[0]) == "ReadVariableOp" for node in graph.node
+            ),
+        }
+
     result = {}
     for policy in ("float32", "mixed_bfloat16"):
         keras.config.set_dtype_policy(policy)
         mlp = layers.Mlp(mlp_ratio=4, dtype=policy)
-        mlp.build((2, 4, 4, 8))
+        # 288 positions; `few rows` has 32, below `mlp._FLOAT32_MAX_ROWS`.
+        mlp.build((2, 12, 12, 8))
         for training in (False, True):
-            optimized = remapped(lambda x: mlp(x, training=training), (2, 4, 4, 8))
-            result[f"{policy} training={training}"] = {
-                "products": [
-                    [node.op, [op.decode() for op in node.attr["fused_ops"].list.s]]
-                    for node in optimized.node
-                    if "MatMul" in node.op
-                ],
-                "erfc": [tf.dtypes.as_dtype(node.attr["T"].type).name for node in optimized.node if node.op == "Erfc"],
-            }
+            optimized = remapped(lambda x: mlp(x, training=training), (2, 12, 12, 8))
+            result[f"{policy} training={training}"] = summary(optimized)
+        result[f"{policy} few rows"] = summary(remapped(lambda x: mlp(x, training=False), (2, 4, 4, 8)))
         # Enough positions (1 x 32 x 32) for fc2 as a 1x1 convolution.
         block = layers.MetaFormerBlock(dtype=policy)
         block.build((1, 32, 32, 8))
@@ -84,18 +97,33 @@ def remapped_mlp():
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
-def test_inference_mlp_is_two_fused_products_with_the_gelu_inside_the_first(remapped_mlp, policy):
+@pytest.mark.parametrize("policy, dtype", [("float32", "float32"), ("mixed_bfloat16", "bfloat16")])
+def test_inference_mlp_is_two_fused_products_with_the_gelu_inside_the_first(remapped_mlp, policy, dtype):
     graph = remapped_mlp[f"{policy} training=False"]
-    assert graph["products"] == [["_FusedMatMul", ["BiasAdd", "GeluExact"]], ["_FusedMatMul", ["BiasAdd"]]]
+    assert graph["products"] == [
+        ["_FusedMatMul", ["BiasAdd", "GeluExact"], dtype],
+        ["_FusedMatMul", ["BiasAdd"], dtype],
+    ]
     assert graph["erfc"] == []
+
+
+def test_bfloat16_inference_on_few_rows_multiplies_the_float32_weights(remapped_mlp):
+    # No weight is cast on each call: the products, with the GELU fused into
+    # the first, run in float32 on the variables themselves.
+    graph = remapped_mlp["mixed_bfloat16 few rows"]
+    assert graph["products"] == [
+        ["_FusedMatMul", ["BiasAdd", "GeluExact"], "float32"],
+        ["_FusedMatMul", ["BiasAdd"], "float32"],
+    ]
+    assert graph["weight casts"] == 0
+    assert remapped_mlp["mixed_bfloat16 training=False"]["weight casts"] == 4
 
 
 def test_bfloat16_training_keeps_the_gelu_in_float32(remapped_mlp):
     # The gradient needs the product's sums, so nothing is fused; the GELU
     # is then computed in float32 and rounded once, as `exact_gelu` does.
     graph = remapped_mlp["mixed_bfloat16 training=True"]
-    assert [fused for _, fused in graph["products"]] == [["BiasAdd"], ["BiasAdd"]]
+    assert [(fused, dtype) for _, fused, dtype in graph["products"]] == [(["BiasAdd"], "bfloat16")] * 2
     assert graph["erfc"] == ["float32"]
 
 
@@ -138,3 +166,49 @@ def test_block_with_fc2_as_a_convolution_matches_numpy(monkeypatch, policy, tole
     actual = infer(x)
     actual = keras.ops.convert_to_numpy(keras.ops.cast(actual, "float32"))
     np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize(
+    "channels, activation, use_bias",
+    [(16, "gelu", True), (8, "gelu", True), (16, "star_relu", False)],
+    ids=["scaled output", "scale folded into fc2", "star_relu"],
+)
+def test_bfloat16_mlp_on_few_rows_matches_float32_numpy_rounded_once(monkeypatch, channels, activation, use_bias):
+    # 49 positions, below `_FLOAT32_MAX_ROWS`; with 16 channels, fewer than
+    # the 64 hidden ones, so the output scale multiplies fc2's output, and
+    # with 8, more than 32, so it is folded into fc2's weights.
+    import tensorflow as tf
+
+    from keras_metaformer.layers import mlp as mlp_module
+
+    monkeypatch.setattr(mlp_module, "traced_for_onednn", lambda: not tf.executing_eagerly())
+    rng = np.random.default_rng(4)
+    mlp = layers.Mlp(mlp_ratio=4, activation=activation, use_bias=use_bias, dtype="mixed_bfloat16")
+    mlp.build((1, 7, 7, channels))
+    for weight in mlp.weights:
+        weight.assign(rng.normal(0.0, 0.5, weight.shape))
+    scale = keras.Variable(rng.normal(0.0, 0.5, channels).astype("float32"))
+    x = keras.ops.cast(rng.normal(size=(1, 7, 7, channels)), "bfloat16")
+    infer = tf.function(lambda x: mlp(x, training=False, output_scale=scale))
+    graph = infer.get_concrete_function(x).graph
+    assert {op.get_attr("T") for op in graph.get_operations() if op.type == "MatMul"} == {tf.float32}
+    actual = keras.ops.convert_to_numpy(keras.ops.cast(infer(x), "float32"))
+
+    def bfloat16_rounded(value):
+        rounded = keras.ops.cast(keras.ops.cast(value, "bfloat16"), "float32")
+        return keras.ops.convert_to_numpy(rounded).astype("float64")
+
+    values = {w.path.split("/", 1)[1]: keras.ops.convert_to_numpy(w).astype("float64") for w in mlp.weights}
+    inputs = bfloat16_rounded(x)
+    zero = np.zeros(())
+    hidden = inputs @ values["fc1/kernel"] + values.get("fc1/bias", zero)
+    if activation == "gelu":
+        hidden = ref.gelu(hidden)
+    else:  # its scalars are read in the compute dtype, as Keras gives them
+        hidden = ref.star_relu(hidden, *(bfloat16_rounded(values[f"act/{name}"]) for name in ("scale", "bias")))
+    # Keras casts the layer's tensor arguments, the scale too, to bfloat16.
+    expected = (hidden @ values["fc2/kernel"] + values.get("fc2/bias", zero)) * bfloat16_rounded(scale)
+    # One rounding to bfloat16 errs by up to 2**-8 of the value; the 16-bit
+    # path, which rounds the weights and hidden values too, missed twice
+    # this bound by 50-350 times.
+    np.testing.assert_allclose(actual, expected, rtol=2**-7, atol=1e-6)

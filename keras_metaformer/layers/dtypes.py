@@ -1,4 +1,4 @@
-"""Dtype tests shared by layers that compute 16-bit floats another way."""
+"""Dtype helpers shared by layers that compute 16-bit floats another way."""
 
 import keras
 
@@ -13,3 +13,30 @@ def is_16_bit(dtype):
     (True, False)
     """
     return keras.backend.standardize_dtype(dtype) in ("float16", "bfloat16")
+
+
+def stored_value(variable):
+    """`variable`'s value in the dtype it is stored in, also where Keras
+    would cast it.
+
+    Inside the call of a layer with a mixed dtype policy, reading a float
+    variable gives it cast to the layer's compute dtype (float32 weights
+    read as bfloat16 under `"mixed_bfloat16"`). This reads the float32
+    weights themselves, for layers that compute in float32 there. A
+    tensor is returned as it is.
+
+    Example:
+
+    >>> layer = keras.layers.Dense(2, dtype="mixed_bfloat16")
+    >>> layer.build((None, 3))
+    >>> stored_value(layer.kernel).dtype == "float32"
+    True
+    """
+    # Keras has no public way to read a variable uncast in an autocast
+    # scope; its own layers open this scope to switch autocasting off.
+    from keras.src.backend.common.variables import AutocastScope
+
+    if not isinstance(variable, keras.Variable):
+        return variable
+    with AutocastScope(None):
+        return variable.value
