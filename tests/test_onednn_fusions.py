@@ -212,3 +212,21 @@ def test_bfloat16_mlp_on_few_rows_matches_float32_numpy_rounded_once(monkeypatch
     # path, which rounds the weights and hidden values too, missed twice
     # this bound by 50-350 times.
     np.testing.assert_allclose(actual, expected, rtol=2**-7, atol=1e-6)
+
+
+def test_bfloat16_block_inference_converts_the_residual_stream_three_times():
+    # One float32 copy of the block's input feeds norm1's statistics, the
+    # pooling and the residual sum, whose float32 result norm2 reads; the
+    # sum and norm2's output are rounded once each. Layer by layer, it took
+    # five conversions of the whole tensor, and the sum was in bfloat16.
+    import tensorflow as tf
+
+    block = layers.MetaFormerBlock(dtype="mixed_bfloat16")
+    block.build((2, 8, 8, 16))
+    infer = tf.function(lambda x: block(x, training=False))
+    graph = infer.get_concrete_function(tf.TensorSpec((2, 8, 8, 16), tf.bfloat16)).graph
+    whole = [op for op in graph.get_operations() if op.outputs and op.outputs[0].shape == (2, 8, 8, 16)]
+    casts = [(op.get_attr("SrcT").name, op.get_attr("DstT").name) for op in whole if op.type == "Cast"]
+    assert sorted(casts) == [("bfloat16", "float32"), ("float32", "bfloat16"), ("float32", "bfloat16")]
+    sums = [op.outputs[0].dtype.name for op in whole if op.type == "AddV2"]
+    assert sums[0] == "float32"
