@@ -214,6 +214,22 @@ def test_bfloat16_mlp_on_few_rows_matches_float32_numpy_rounded_once(monkeypatch
     np.testing.assert_allclose(actual, expected, rtol=2**-7, atol=1e-6)
 
 
+def test_bfloat16_weights_on_few_rows_are_multiplied_as_they_are(monkeypatch):
+    # Under a "bfloat16" policy the variables are bfloat16: float32 products
+    # would cast every weight, the cost the float32 path avoids.
+    import tensorflow as tf
+
+    from keras_metaformer.layers import mlp as mlp_module
+
+    monkeypatch.setattr(mlp_module, "traced_for_onednn", lambda: not tf.executing_eagerly())
+    mlp = layers.Mlp(mlp_ratio=4, dtype="bfloat16")
+    mlp.build((1, 7, 7, 16))
+    infer = tf.function(lambda x: mlp(x, training=False))
+    graph = infer.get_concrete_function(tf.TensorSpec((1, 7, 7, 16), tf.bfloat16)).graph
+    assert {op.get_attr("T") for op in graph.get_operations() if op.type == "MatMul"} == {tf.bfloat16}
+    assert not [op for op in graph.get_operations() if op.type == "Cast" and op.get_attr("DstT") == tf.float32]
+
+
 def test_bfloat16_block_inference_converts_the_residual_stream_three_times():
     # One float32 copy of the block's input feeds norm1's statistics, the
     # pooling and the residual sum, whose float32 result norm2 reads; the

@@ -164,7 +164,7 @@ class Mlp(Rematerializable, keras.layers.Layer):
     def _multiplies_in_float32(self, x, training):
         """Whether the MLP runs on the float32 weights: at inference, in a
         TensorFlow graph that oneDNN runs, on fewer than `_FLOAT32_MAX_ROWS`
-        rows (known at trace time) of 16-bit values.
+        rows (known at trace time) of 16-bit values, under a mixed policy.
 
         Under a mixed policy the weights are float32 variables, and a 16-bit
         product first casts every weight, on every call, one op each; its
@@ -184,7 +184,8 @@ class Mlp(Rematerializable, keras.layers.Layer):
         layers = (self.fc1, self.fc2)
         if any(layer.quantization_mode is not None or layer.lora_enabled for layer in layers):
             return False
-        return traced_for_onednn()
+        # 16-bit weights (a "bfloat16" policy) are multiplied as they are.
+        return not is_16_bit(self.fc1.variable_dtype) and traced_for_onednn()
 
     def _float32_transform(self, x, output_scale):
         """The MLP on the rows `x`, computed in float32 on the float32
