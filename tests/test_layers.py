@@ -441,3 +441,23 @@ def test_metaformer_block_errors():
         layers.MetaFormerBlock(token_mixer=_DoubleMixer(), pool_size=5)
     with pytest.raises(ValueError, match="already registered"):
         layers.register_token_mixer("pool")(_DoubleMixer)
+
+
+# --- dtypes.stored_value ----------------------------------------------------------
+
+
+def test_stored_value_reads_float32_weights_where_keras_casts_them(monkeypatch):
+    import sys
+
+    from keras.src.backend.common.variables import AutocastScope
+
+    from keras_metaformer.layers.dtypes import stored_value
+
+    dense = keras.layers.Dense(2, dtype="mixed_bfloat16")
+    dense.build((None, 3))
+    with AutocastScope("bfloat16"):  # what a mixed-policy layer's call runs in
+        assert keras.backend.standardize_dtype(keras.ops.convert_to_tensor(dense.kernel).dtype) == "bfloat16"
+        assert keras.backend.standardize_dtype(stored_value(dense.kernel).dtype) == "float32"
+        # A Keras without that scope's module: the value as Keras gives it.
+        monkeypatch.setitem(sys.modules, "keras.src.backend.common.variables", None)
+        assert keras.backend.standardize_dtype(stored_value(dense.kernel).dtype) == "bfloat16"

@@ -32,11 +32,13 @@ def stored_value(variable):
     >>> stored_value(layer.kernel).dtype == "float32"
     True
     """
-    # Keras has no public way to read a variable uncast in an autocast
-    # scope; its own layers open this scope to switch autocasting off.
-    from keras.src.backend.common.variables import AutocastScope
-
     if not isinstance(variable, keras.Variable):
         return variable
+    # Keras has no public way to read a variable uncast in an autocast
+    # scope; its own layers open this scope to switch autocasting off.
+    try:
+        from keras.src.backend.common.variables import AutocastScope
+    except ImportError:  # moved in another Keras: the value as Keras gives it
+        return variable.value
     with AutocastScope(None):
         return variable.value

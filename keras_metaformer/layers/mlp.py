@@ -289,13 +289,13 @@ class Mlp(Rematerializable, keras.layers.Layer):
         return project
 
     def _fc2_weights(self, output_scale, dtype=None):
-        """`fc2`'s kernel and bias (`None` without one) in `dtype` (its
-        compute dtype by default), times `output_scale` (a vector over its
-        outputs) if given."""
+        """`fc2`'s kernel and bias (`None` without one), as `_weights`
+        gives them, times `output_scale` (a vector over its outputs) if
+        given."""
         kernel, bias = self._weights(self.fc2, dtype)
         if output_scale is None:
             return kernel, bias
-        scale = ops.cast(stored_value(output_scale), kernel.dtype)
+        scale = ops.cast(output_scale if dtype is None else stored_value(output_scale), kernel.dtype)
 
         def fold(weight):
             # In float32 under XLA on a CPU, where the scale's gradient is then a float32 sum.
@@ -305,11 +305,15 @@ class Mlp(Rematerializable, keras.layers.Layer):
 
     @staticmethod
     def _weights(layer, dtype=None):
-        """A Dense layer's kernel and bias (`None` without one) in `dtype`,
-        its compute dtype by default, cast from the stored weights."""
-        dtype = dtype or layer.compute_dtype
-        kernel = ops.cast(stored_value(layer.kernel), dtype)
-        return kernel, ops.cast(stored_value(layer.bias), dtype) if layer.use_bias else None
+        """A Dense layer's kernel and bias (`None` without one) in its
+        compute dtype, as Keras reads them, or cast to `dtype` from the
+        stored weights."""
+        if dtype is None:
+            dtype, read = layer.compute_dtype, lambda weight: weight
+        else:
+            read = stored_value
+        kernel = ops.cast(read(layer.kernel), dtype)
+        return kernel, ops.cast(read(layer.bias), dtype) if layer.use_bias else None
 
     def _chunk_rows(self, positions):
         """Rows per block for the looped MLP, or `None` to run it whole."""
