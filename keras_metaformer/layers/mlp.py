@@ -16,6 +16,7 @@ from keras_metaformer.layers.positions import as_rows
 from keras_metaformer.layers.positions import positions_shape
 from keras_metaformer.layers.products import biased_matmul
 from keras_metaformer.layers.products import dense
+from keras_metaformer.layers.products import has_plain_kernel
 from keras_metaformer.layers.remat import Rematerializable
 
 # Hidden activations per block of the looped MLP: 2**21 values, 8 MiB in
@@ -181,8 +182,7 @@ class Mlp(Rematerializable, keras.layers.Layer):
         """
         if training or x.shape[0] is None or x.shape[0] >= _FLOAT32_MAX_ROWS or not is_16_bit(x.dtype):
             return False
-        layers = (self.fc1, self.fc2)
-        if any(layer.quantization_mode is not None or layer.lora_enabled for layer in layers):
+        if not (has_plain_kernel(self.fc1) and has_plain_kernel(self.fc2)):
             return False
         # 16-bit weights (a "bfloat16" policy) are multiplied as they are.
         return not is_16_bit(self.fc1.variable_dtype) and traced_for_onednn()
@@ -221,7 +221,7 @@ class Mlp(Rematerializable, keras.layers.Layer):
         """
         if training or len(inputs.shape) != 4 or not self.fc2.use_bias:
             return False
-        if self.fc2.quantization_mode is not None or self.fc2.lora_enabled or not traced_for_onednn():
+        if not has_plain_kernel(self.fc2) or not traced_for_onednn():
             return False
         if None in inputs.shape[1:3]:
             return False
@@ -243,8 +243,7 @@ class Mlp(Rematerializable, keras.layers.Layer):
             and isinstance(self.act, keras.layers.Activation)
             and self.act.activation is exact_gelu
             and self.fc1.use_bias
-            and self.fc1.quantization_mode is None
-            and not self.fc1.lora_enabled
+            and has_plain_kernel(self.fc1)
             and traced_for_onednn()
         )
 

@@ -106,11 +106,19 @@ def dense(layer, x, keep_float32=False):
     and LoRA layers, whose kernels are not plain matrices, are called as
     they are.
     """
-    if layer.quantization_mode is not None or layer.lora_enabled:
+    if not has_plain_kernel(layer):
         return layer(x)
     dtype = layer.compute_dtype
     bias = layer.bias if layer.use_bias else None
     return layer.activation(biased_matmul(x, ops.cast(layer.kernel, dtype), bias, keep_float32))
+
+
+def has_plain_kernel(layer):
+    """Whether a Dense layer's kernel is a plain matrix of its weights: not
+    quantized (an integer kernel with its scales) and without LoRA (a
+    kernel plus a low-rank product), which only the layer's own call
+    applies."""
+    return layer.quantization_mode is None and not layer.lora_enabled
 
 
 def biased_matmul(x, kernel, bias=None, keep_float32=False):
