@@ -621,6 +621,18 @@ def test_compiled_bfloat16_products_and_their_gradients_accumulate_in_float32():
     np.testing.assert_array_equal(_as_float32(dkernel), _as_float32(_bfloat16(x.T @ upstream)))
 
 
+@pytest.mark.parametrize("inputs, outputs", [(3, 6), (6, 3)], ids=["narrower-input", "wider-input"])
+def test_compiled_bfloat16_kernel_gradient_over_many_rows_is_the_float32_sum(inputs, outputs):
+    # Enough rows that the kernel gradient transposes an operand first:
+    # each of its sums, up to 40 * 64, is exact in float32 and rounded once.
+    x = RNG.integers(1, 9, size=(40, inputs)).astype("float32")
+    kernel = RNG.integers(1, 9, size=(inputs, outputs)).astype("float32")
+    upstream = RNG.integers(1, 9, size=(40, outputs)).astype("float32")
+    dx, dkernel = _compiled_gradients(products.matmul, upstream)(_bfloat16(x), _bfloat16(kernel))
+    np.testing.assert_array_equal(_as_float32(dx), _as_float32(_bfloat16(upstream @ kernel.T)))
+    np.testing.assert_array_equal(_as_float32(dkernel), _as_float32(_bfloat16(x.T @ upstream)))
+
+
 def test_compiled_bfloat16_batched_products_and_their_gradients_accumulate_in_float32():
     x = RNG.integers(1, 9, size=(2, 3, 4, 64)).astype("float32")
     y = RNG.integers(1, 9, size=(2, 3, 64, 5)).astype("float32")
@@ -704,6 +716,20 @@ def test_a_bfloat16_training_step_has_no_product_with_a_bfloat16_result():
     # And XLA runs it: TensorFlow 2.21's runtime refuses some of these products (over several axes).
     gradients = _compiled(step)(*args)
     assert all(np.isfinite(_as_float32(gradient)).all() for gradient in gradients)
+
+
+def test_a_bfloat16_training_step_contracts_no_long_rows_in_bfloat16():
+    # XLA's CPU backend runs a bfloat16 product contracted over the rows of
+    # both operands (a kernel gradient, x^T @ dz) in float32; the layers
+    # transpose one operand first where there are many rows. Left are the
+    # stages with few rows: the last stage (8 positions) and the head (2).
+    step, args = _bfloat16_training_step()
+    hlo = _compiled_hlo(step, *args)
+    if JAX:  # stablehlo.dot_general %a, %b, contracting_dims = [0] x [0], ... : (tensor<8x128xbf16>, ...
+        found = re.findall(r"dot_general[^\n]*contracting_dims = \[0\] x \[0\][^\n]*: \(tensor<(\d+)x\d+xbf16>", hlo)
+    else:  # dot(bf16[8,128]{1,0} %a, bf16[8,32]{1,0} %b), lhs_contracting_dims={0}, rhs_contracting_dims={0}
+        found = re.findall(r"dot\(bf16\[(\d+),\d+\][^\n]*lhs_contracting_dims=\{0\}, rhs_contracting_dims=\{0\}", hlo)
+    assert found and {int(rows) for rows in found} <= {2, 8}, found
 
 
 @pytest.mark.skipif(not JAX, reason="JAX's XLA only: TensorFlow's runs the convolutions itself")
