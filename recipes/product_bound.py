@@ -21,7 +21,8 @@ The products are the MLPs' two layers, the patch embeddings (as gathered patches
 the form the layers use under JAX on a CPU) and the head, at the model's shapes. In bfloat16 both
 engines get bfloat16 operands; XLA returns float32, as the layers ask it to (rounding it to bfloat16
 is left out, so the bound stays a lower one), and oneDNN bfloat16. A training step has
-three products per layer: `x @ w`, `dz @ w.T` and `x.T @ dz`. At inference the XLA time of an MLP
+three products per layer: `x @ w`, `dz @ w.T` and `x.T @ dz`, the last in bfloat16 under XLA in
+the layers' form, on one operand transposed first (`products._kernel_gradient`). At inference the XLA time of an MLP
 layer is the faster of the whole product and the blocks of rows the layer runs it in
 (`Mlp._chunk_rows`). Each time is the median of `--repeats` calls after one warm-up; run it with
 nothing else on the machine.
@@ -89,6 +90,7 @@ def xla_times(products, precision, repeats, blocks):
     import numpy as np
 
     from keras_metaformer.layers import mlp as mlp_module
+    from keras_metaformer.layers import products as products_module
 
     dtype = jnp.bfloat16 if precision == "bfloat16" else jnp.float32
     rng = np.random.default_rng(0)
@@ -104,6 +106,13 @@ def xla_times(products, precision, repeats, blocks):
                 return jax.lax.dot_general(a, b, numbers, preferred_element_type=jnp.float32)
 
             candidates = [whole]
+            if (
+                product == "weight gradient"
+                and precision == "bfloat16"
+                and products_module._transposes_rows_first(rows, k, n)
+            ):
+                # The layers' form: one operand transposed first (see `products._kernel_gradient`).
+                candidates = [products_module._kernel_gradient]
             block = rows // _block_count(rows, n if name == "mlp fc1" else k, mlp_module) if blocks else None
             if product == "forward" and name.startswith("mlp") and block:
 
