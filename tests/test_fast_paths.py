@@ -478,6 +478,29 @@ def test_compiled_patch_embedding_gradients_match_keras_conv(monkeypatch):
         np.testing.assert_allclose(matmul, keras_conv, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.skipif(not JAX, reason="the patch product trains under JAX's XLA only")
+def test_bfloat16_patch_embedding_training_gathers_from_float32(monkeypatch):
+    # XLA's CPU backend would round each of the gather gradient's pads and
+    # sums to bfloat16; gathered from float32, they are float32 sums.
+    seen = []
+
+    def recording(x, *args):
+        seen.append(keras.backend.standardize_dtype(x.dtype))
+        return strided_conv2d(x, *args)
+
+    monkeypatch.setattr(patch_embedding_module, "strided_conv2d", recording)
+    x, weights = _random(2, 11, 9, 3), _random(2, 6, 5, 4)
+    reference = layers.PatchEmbedding(4, 3, strides=2, padding=1)
+    layer = layers.PatchEmbedding(4, 3, strides=2, padding=1, dtype="mixed_bfloat16")
+    for patch_embedding in (reference, layer):
+        patch_embedding.build(x.shape)
+    layer.set_weights(reference.get_weights())
+    y, _, input_gradient = _compiled_layer_gradients(layer, _bfloat16(x), weights, training=True)
+    assert seen == ["float32"] and keras.backend.standardize_dtype(y.dtype) == "bfloat16"
+    _, _, expected = _compiled_layer_gradients(reference, x, weights, training=True)
+    np.testing.assert_allclose(_as_float32(input_gradient), keras.ops.convert_to_numpy(expected), rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("shape", [(3, 4, 5, 6), (7, 6)])
 def test_compiled_layer_scale_gradients_match_numpy(shape):
     # The product runs on a (positions, channels) view; the scale's gradient

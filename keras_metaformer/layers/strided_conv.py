@@ -23,7 +23,10 @@ def strided_conv2d(inputs, kernel, strides, bias=None):
         inputs: `(batch, height, width, channels)` tensor with static
             height and width.
         kernel: `(size, size, channels, filters)` tensor (Keras' `Conv2D`
-            layout).
+            layout). The patches are gathered in the inputs' dtype and
+            cast to the kernel's: float32 inputs with a bfloat16 kernel
+            give a bfloat16 product whose input gradient sums the
+            patches' gradients in float32.
         strides: int, the stride in both spatial axes.
         bias: vector of `filters` values added to the result, or None.
 
@@ -66,6 +69,6 @@ def strided_conv2d(inputs, kernel, strides, bias=None):
     # gradient that contracts three axes, and XLA then copies the upstream
     # gradient into a transposed layout, fusing its producers into the copy
     # (0.4 s at the stem).
-    matrix = ops.reshape(patches, (-1, size * size * channels))
+    matrix = ops.cast(ops.reshape(patches, (-1, size * size * channels)), kernel.dtype)
     y = biased_matmul(matrix, ops.reshape(kernel, (size * size * channels, -1)), bias)
     return ops.reshape(y, (-1, height, width, kernel.shape[-1]))
