@@ -22,9 +22,9 @@ the form the layers use under JAX on a CPU) and the head, at the model's shapes.
 engines get bfloat16 operands; XLA returns float32, as the layers ask it to (rounding it to bfloat16
 is left out, so the bound stays a lower one), and oneDNN bfloat16. A training step has
 three products per layer: `x @ w`, `dz @ w.T` and `x.T @ dz`, the last in bfloat16 under XLA in
-the layers' form, on one operand transposed first (`products._kernel_gradient`). At inference the XLA time of an MLP
-layer is the faster of the whole product and the blocks of rows the layer runs it in
-(`Mlp._chunk_rows`). Each time is the median of `--repeats` calls after one warm-up; run it with
+the layers' form, on one operand transposed first (`products._kernel_gradient`). At inference
+the XLA time of an MLP layer is the faster of the whole product and the blocks of rows the layer
+runs it in (`Mlp._chunk_rows`). Each time is the median of `--repeats` calls after one warm-up; run it with
 nothing else on the machine.
 """
 

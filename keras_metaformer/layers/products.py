@@ -108,8 +108,8 @@ def _transposes_rows_first(rows, k, n):
     """Whether the kernel gradient `x^T @ dz` of a product of `rows` rows,
     `k` inputs and `n` outputs runs on a transposed copy of one operand
     (see `_kernel_gradient`): with at least twice as many rows as the
-    narrower side has columns, so that the copy costs at most half the
-    product."""
+    narrower side has columns, so that turning a transposed result costs
+    at most half the product."""
     return rows is not None and rows >= 2 * min(k, n)
 
 
