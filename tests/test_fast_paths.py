@@ -656,6 +656,30 @@ def test_compiled_bfloat16_kernel_gradient_over_many_rows_is_the_float32_sum(inp
     np.testing.assert_array_equal(_as_float32(dkernel), _as_float32(_bfloat16(x.T @ upstream)))
 
 
+@pytest.mark.skipif(JAX, reason="JAX traces every batch size on its own")
+def test_compiled_bfloat16_kernel_gradient_over_rows_unknown_when_traced_is_the_float32_sum():
+    import tensorflow as tf
+
+    x = RNG.integers(1, 9, size=(40, 3)).astype("float32")
+    kernel = RNG.integers(1, 9, size=(3, 6)).astype("float32")
+    upstream = RNG.integers(1, 9, size=(40, 6)).astype("float32")
+
+    @tf.function(
+        jit_compile=True, input_signature=[tf.TensorSpec([None, 3], tf.bfloat16), tf.TensorSpec([3, 6], tf.bfloat16)]
+    )
+    def gradients(x, kernel):
+        with tf.GradientTape() as tape:
+            tape.watch(kernel)
+            total = tf.reduce_sum(tf.cast(products.matmul(x, kernel), tf.float32) * upstream)
+        return tape.gradient(total, kernel)
+
+    hlo = gradients.experimental_get_compiler_ir(_bfloat16(x), _bfloat16(kernel))(stage="hlo")
+    assert not re.search(r"dot\(bf16\[\d+,\d+\][^\n]*lhs_contracting_dims=\{0\}, rhs_contracting_dims=\{0\}", hlo)
+    np.testing.assert_array_equal(
+        _as_float32(gradients(_bfloat16(x), _bfloat16(kernel))), _as_float32(_bfloat16(x.T @ upstream))
+    )
+
+
 def test_compiled_bfloat16_batched_products_and_their_gradients_accumulate_in_float32():
     x = RNG.integers(1, 9, size=(2, 3, 4, 64)).astype("float32")
     y = RNG.integers(1, 9, size=(2, 3, 64, 5)).astype("float32")

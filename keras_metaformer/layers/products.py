@@ -109,8 +109,12 @@ def _transposes_rows_first(rows, k, n):
     `k` inputs and `n` outputs runs on a transposed copy of one operand
     (see `_kernel_gradient`): with at least twice as many rows as the
     narrower side has columns, so that turning a transposed result costs
-    at most half the product."""
-    return rows is not None and rows >= 2 * min(k, n)
+    at most half the product. Rows unknown when traced (`None`, as in
+    TensorFlow's `fit` once a smaller last batch has relaxed the batch
+    size) count as many: PoolFormer-S12's bfloat16 training step traced
+    with an unknown batch under `jit_compile=True` took 1,486 ms this way
+    against 1,885 (A/B, batch 32, 2-core Intel Xeon with AMX)."""
+    return rows is None or rows >= 2 * min(k, n)
 
 
 def _kernel_gradient(x, upstream):
