@@ -13,7 +13,10 @@ Example:
     model = keras_metaformer.PoolFormerS12(weights="imagenet")
 """
 
+from keras.backend import backend as _keras_backend
+
 from keras_metaformer import layers
+from keras_metaformer import malloc as _malloc
 from keras_metaformer import weights
 from keras_metaformer.imagenet import decode_predictions
 from keras_metaformer.imagenet import imagenet_classes
@@ -68,6 +71,10 @@ from keras_metaformer.weights import PretrainedConfig
 from keras_metaformer.weights import available_weights
 from keras_metaformer.weights import get_pretrained_config
 from keras_metaformer.weights import load_timm_weights
+
+# Before any model is built: JAX's CPU client allocates through malloc, and
+# glibc's returns each large freed block to the kernel (see `malloc`).
+_malloc.apply_import_default(_keras_backend())
 
 __version__ = "0.1.0"
 

@@ -47,11 +47,15 @@ process's resident memory:
            python recipes/benchmark.py --device gpu --engines jax,timm,timm-compile
 
 With `--malloc retain`, every worker, PyTorch's included, runs with glibc's
-malloc told to keep freed memory (`RETAINING_MALLOC` below). By default, a
-buffer above 32 MiB is a fresh `mmap` each time, so each training step
-first-touches its whole working set again: XLA's 2.4 GB temporary buffer
-for a PoolFormer-S12 step took 640k page faults and 1.5 s of kernel time
-per step on this 2-core CPU, and eager PyTorch's tensors about as many.
+malloc told to keep freed memory (`RETAINING_MALLOC` below). By default each
+engine allocates as it does for a user: TensorFlow's allocator and, since
+`import keras_metaformer` turns it on under JAX, JAX keep freed memory
+(`KERAS_METAFORMER_MALLOC=system` turns that off); PyTorch uses glibc's
+malloc, which gives every buffer above 32 MiB a fresh `mmap`, so each
+training step first-touches its whole working set again: XLA's 2.4 GB
+temporary buffer for a PoolFormer-S12 step took 640k page faults and 1.5 s
+of kernel time per step on a 2-core CPU, and eager PyTorch's tensors about
+as many.
 """
 
 import argparse
@@ -486,7 +490,8 @@ def main(argv=None):
         "--malloc",
         choices=("system", "retain"),
         default="system",
-        help="glibc malloc as configured, or keeping freed memory, for every engine",
+        help="each engine's own allocation (JAX keeps freed memory, see keras_metaformer.malloc), "
+        "or keeping freed memory for every engine",
     )
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--output", default="benchmark_output")

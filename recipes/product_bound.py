@@ -15,7 +15,8 @@ Nothing else should slow the kernels down, so by default both engines run with g
 to keep freed memory (`--malloc retain`, as in the benchmark): otherwise every product's output
 above 32 MiB is fresh memory, and its page faults count as product time (PoolFormer-S12's
 100352x64x256 float32 product under XLA took 34.0 ms that way and 14.2 ms with the memory kept, on
-a 2-core Intel Xeon). `--malloc system` measures them as a process with glibc's defaults runs them.
+a 2-core Intel Xeon). `--malloc system` measures them as a process with glibc's defaults runs them
+(`KERAS_METAFORMER_MALLOC=system`, since importing keras_metaformer on JAX keeps freed memory).
 
 The products are the MLPs' two layers, the patch embeddings (as gathered patches times the kernel,
 the form the layers use under JAX on a CPU) and the head, at the model's shapes. In bfloat16 both
@@ -207,6 +208,9 @@ def main(argv=None):
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.threads])
     os.environ["KERAS_BACKEND"] = "jax"
     environment = None
+    if args.malloc == "system":
+        # Read when keras_metaformer is first imported, which on JAX keeps freed memory otherwise.
+        os.environ["KERAS_METAFORMER_MALLOC"] = "system"
     if args.malloc == "retain":
         from keras_metaformer.malloc import retain_freed_memory
 

@@ -37,7 +37,8 @@ def add_arguments(parser, *, batch_size, epochs):
         choices=("retain", "system"),
         default="retain",
         help="keep freed memory for reuse (faster steps on a CPU; the process keeps its peak "
-        "memory), or leave glibc's malloc as configured",
+        "memory), or leave glibc's malloc as configured (under JAX, importing keras_metaformer "
+        "keeps freed memory already unless KERAS_METAFORMER_MALLOC=system is set)",
     )
     parser.add_argument(
         "--keep-checkpoints",

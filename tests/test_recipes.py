@@ -565,6 +565,7 @@ def test_product_bound_keeps_freed_memory_for_both_engines_by_default(monkeypatc
 
     product_bound = import_recipe("product_bound")
     monkeypatch.setenv("KERAS_BACKEND", keras.backend.backend())  # main() sets it to jax
+    monkeypatch.setenv("KERAS_METAFORMER_MALLOC", "")  # main() may set it; restored after
     monkeypatch.setattr(product_bound.os, "sched_setaffinity", lambda *args: None)
     retained, environments = [], []
     monkeypatch.setattr(keras_metaformer.malloc, "retain_freed_memory", lambda: retained.append(True))
@@ -584,6 +585,7 @@ def test_product_bound_keeps_freed_memory_for_both_engines_by_default(monkeypatc
         assert retained == [True] and environments == [product_bound.benchmark.RETAINING_MALLOC]
     else:
         assert retained == [] and environments == [None]
+        assert os.environ["KERAS_METAFORMER_MALLOC"] == "system"  # the library's import default is off
 
 
 @ONCE
