@@ -24,9 +24,6 @@ import os
 MALLOC_VARIABLE = "KERAS_METAFORMER_MALLOC"
 _CHOICES = ("retain", "system")
 
-# Whether `import keras_metaformer` told malloc to keep freed memory.
-retained_on_import = False
-
 # mallopt parameters, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -82,11 +79,8 @@ def keeps_freed_memory_on_import(backend):
 def apply_import_default(backend):
     """Keeps freed memory if `keeps_freed_memory_on_import(backend)`; run by
     `import keras_metaformer`, before any model is built. Returns whether
-    malloc now keeps freed memory."""
-    global retained_on_import
-    if keeps_freed_memory_on_import(backend):
-        retained_on_import = retain_freed_memory()
-    return retained_on_import
+    this call told malloc to keep freed memory."""
+    return keeps_freed_memory_on_import(backend) and retain_freed_memory()
 
 
 def glibc_mallopt():
